@@ -1,0 +1,21 @@
+"""Tensor math and checkpoint I/O for merging fine-tuned checkpoints of one base model.
+
+No Ray and no serving here: usable alone, like a library, on CPU or GPU.
+
+    from merging import Merger, load_plan
+    merger = Merger({"base": "path/base", "dpo": "path/dpo", "kto": "path/kto"}, base="base")
+    for name, tensor in merger.merge(plan): ...
+"""
+
+from merging.checkpoint import CheckpointError, ModelFolder
+from merging.merger import Merger, NonFiniteMergeError, pick_device
+from merging.plan import MergePlan, ModelEntry, PlanError, load_plan, parse_plan
+from merging.registry import METHODS, MethodSpec, get_method, method_names, register
+from merging.validate import IncompatibleModelsError, check_compatible
+from merging.writer import OutputExistsError, write_model
+
+__all__ = [
+    "CheckpointError", "IncompatibleModelsError", "METHODS", "MergePlan", "Merger", "MethodSpec", "ModelEntry",
+    "ModelFolder", "NonFiniteMergeError", "OutputExistsError", "PlanError", "check_compatible", "get_method",
+    "load_plan", "method_names", "parse_plan", "pick_device", "register", "write_model",
+]

@@ -1,0 +1,85 @@
+"""DARE: drop and rescale (Yu et al. 2024, "Language Models are Super Mario", arXiv:2311.03099).
+
+Each entry of a task vector τ_i = θ_i − θ_base is dropped independently with probability
+1 − density_i (m ~ Bernoulli(density_i)); the paper rescales the survivors by 1/density_i so
+that E[τ̂_i] = τ_i:
+
+    τ̂_i = m ⊙ τ_i / density_i
+
+dare_linear then adds λ Σ_i w_i τ̂_i / D to the base (D = Σ_i w_i if normalize else 1, as in
+task arithmetic); dare_ties elects signs first, exactly as TIES does with trimmed vectors:
+m_i = [sgn(w_i τ̂_i) = sgn Σ_j w_j τ̂_j], θ = θ_base + λ Σ_i m_i w_i τ̂_i / D.
+
+Defaults are mergekit's: rescale: true with rescale_norm: l1, i.e. τ̂_i = m ⊙ τ_i · ‖τ_i‖₁/‖m ⊙ τ_i‖₁
+(close to 1/density_i for large tensors); rescale_norm: inverse_density gives the paper's
+unbiased 1/density_i. Draws come from the merger's per-tensor `generator`, so a plan seed
+reproduces a merge. Not elementwise: the L1 rescale is a whole-tensor norm.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+from merging.registry import MethodSpec, register
+from merging.sparsify import bernoulli_, check_per_model, merge_task_vectors, rescale_mode
+
+
+def _dare(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    consensus: bool,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool,
+    rescale: bool,
+    lambda_: float,
+    rescale_norm: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    norm = rescale_mode(rescale, rescale_norm)
+    check_per_model(tensors, density=density)
+    return merge_task_vectors(tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
+                              sparsify=lambda i, delta, ws: bernoulli_(delta, density[i], norm, generator, ws))
+
+
+def dare_linear(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    rescale_norm: str = "l1",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    return _dare(tensors, base, consensus=False, weight=weight, density=density, normalize=normalize,
+                 rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm, generator=generator)
+
+
+def dare_ties(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    rescale_norm: str = "l1",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    return _dare(tensors, base, consensus=True, weight=weight, density=density, normalize=normalize,
+                 rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm, generator=generator)
+
+
+register(MethodSpec("dare_linear", dare_linear, model_params={"weight": None, "density": 1.0},
+                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
+                                   "rescale_norm": "l1"}, randomized=True))
+register(MethodSpec("dare_ties", dare_ties, model_params={"weight": None, "density": 1.0},
+                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
+                                   "rescale_norm": "l1"}, randomized=True))

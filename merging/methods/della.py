@@ -1,0 +1,91 @@
+"""DELLA-Merging: magnitude-based sampling (Deep et al. 2024, arXiv:2406.11617).
+
+MagPrune drops entries of τ_i = θ_i − θ_base at random like DARE, but keeps big entries
+more often: within each row (a 1-D tensor is one row; mergekit ranks along dim 1), the entry
+of normalized magnitude rank r ∈ [0, 1] survives with probability
+
+    p = (density_i − ε_i) + 2 ε_i · r          (ε = epsilon; density ± ε must lie in (0, 1))
+
+and the paper rescales survivors by 1/p (rescale_norm: inverse_density, unbiased). The
+defaults are mergekit's: rescale: true with the L1 rescale ‖τ_i‖₁/‖τ̂_i‖₁. Then, as in TIES,
+
+    della:        signs elected, θ = θ_base + λ Σ_i m_i w_i τ̂_i / D, D = Σ_i m_i w_i (normalize: true)
+    della_linear: θ = θ_base + λ Σ_i w_i τ̂_i / D, D = Σ_i w_i if normalize (default false) else 1
+
+Ranks are exact in rows of up to 2048 elements and estimated from a sorted evenly strided
+sample of 2048 magnitudes in longer ones (merging.sparsify.della_rank_norm).
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+from merging.registry import MethodSpec, register
+from merging.sparsify import check_per_model, della_magprune_, merge_task_vectors, rescale_mode
+
+
+def _della(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    consensus: bool,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    normalize: bool,
+    rescale: bool,
+    lambda_: float,
+    rescale_norm: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    norm = rescale_mode(rescale, rescale_norm)
+    check_per_model(tensors, density=density, epsilon=epsilon)
+    return merge_task_vectors(
+        tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
+        sparsify=lambda i, delta, ws: della_magprune_(delta, density[i], epsilon[i], norm, generator, ws))
+
+
+def della(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    normalize: bool = True,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    rescale_norm: str = "l1",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    return _della(tensors, base, consensus=True, weight=weight, density=density, epsilon=epsilon,
+                  normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm,
+                  generator=generator)
+
+
+def della_linear(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    rescale_norm: str = "l1",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    return _della(tensors, base, consensus=False, weight=weight, density=density, epsilon=epsilon,
+                  normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm,
+                  generator=generator)
+
+
+register(MethodSpec("della", della, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
+                    shared_params={"int8_mask": False, "normalize": True, "rescale": True, "lambda": 1.0,
+                                   "rescale_norm": "l1"}, randomized=True))
+register(MethodSpec("della_linear", della_linear, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
+                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
+                                   "rescale_norm": "l1"}, randomized=True))

@@ -1,0 +1,44 @@
+"""TIES-Merging: trim, elect sign, disjoint merge (Yadav et al. 2023, arXiv:2306.01708).
+
+Task vectors τ_i = θ_i − θ_base are trimmed to their k_i = max(1, ⌊density_i·n⌋) largest
+magnitudes (τ̂_i; ties at the threshold go to the lower index). The elected sign is that of
+the weighted sum, γ = sgn Σ_i w_i τ̂_i (0 counts as +), and only agreeing entries are merged:
+
+    m_i = [sgn(w_i τ̂_i) = γ]
+    θ   = θ_base + λ · Σ_i m_i w_i τ̂_i / D,   D = Σ_i m_i w_i (0 → 1) if normalize else 1
+
+The paper's "disjoint mean" is normalize: true (the default) with unit weights. With
+rescale: true, τ̂_i is scaled back to τ_i's L1 norm (rescale_norm: l1, mergekit) or by
+1/density_i (rescale_norm: inverse_density). int8_mask is accepted for mergekit configs and
+has no effect (masks are never materialized here).
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+from merging.registry import MethodSpec, register
+from merging.sparsify import check_per_model, magnitude_, merge_task_vectors, rescale_mode
+
+
+def ties(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool = True,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    rescale_norm: str = "l1",
+) -> torch.Tensor:
+    norm = rescale_mode(rescale, rescale_norm)
+    check_per_model(tensors, density=density)
+    return merge_task_vectors(tensors, base, weight=weight, consensus=True, normalize=normalize, lambda_=lambda_,
+                              sparsify=lambda i, delta, ws: magnitude_(delta, density[i], norm, ws))
+
+
+register(MethodSpec("ties", ties, model_params={"weight": None, "density": 1.0},
+                    shared_params={"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0,
+                                   "rescale_norm": "l1"}))

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny Llama-shaped models written as real safetensors folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 3, "vocab_size": 40,
+    "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float32", "max_position_embeddings": 64,
+    "head_dim": 8,
+}
+
+
+def tiny_llama_state(seed: int, config: dict = TINY_CONFIG, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not config.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (v, h)
+    for layer in range(config["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        shapes |= {p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                   p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                   p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                   p + "post_attention_layernorm.weight": (h,)}
+    state = {}
+    for name, shape in sorted(shapes.items()):
+        t = torch.randn(shape, generator=g) * 0.1
+        if name.endswith("norm.weight"):
+            t = 1.0 + t
+        state[name] = t.to(dtype)
+    return state
+
+
+def write_folder(path: Path, state: dict[str, torch.Tensor], config: dict = TINY_CONFIG, shards: int = 1) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    names = sorted(state)
+    if shards == 1:
+        save_file({n: state[n].contiguous() for n in names}, str(path / "model.safetensors"))
+        return path
+    weight_map = {}
+    for k in range(shards):
+        part = names[k::shards]
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n].contiguous() for n in part}, str(path / fname))
+        weight_map |= {n: fname for n in part}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+@pytest.fixture
+def tiny_family(tmp_path: Path) -> dict[str, Path]:
+    """A base and three 'fine-tuned' variants (base + small seeded deltas), float32."""
+    base = tiny_llama_state(0)
+    paths = {"base": write_folder(tmp_path / "base", base)}
+    for k, name in enumerate(("dpo", "kto", "orpo"), start=1):
+        delta = tiny_llama_state(100 + k)
+        state = {n: base[n] + 0.05 * (delta[n] - (1.0 if n.endswith("norm.weight") else 0.0)) for n in base}
+        paths[name] = write_folder(tmp_path / name, state)
+    return paths
