@@ -5,12 +5,14 @@ Shared by ties, dare_linear/dare_ties, della/della_linear and breadcrumbs/breadc
 merge_methods/generalized_task_arithmetic.py); the implementation differs where mergekit
 sorts whole tensors or leaves the result to an unstable sort:
 
-- Magnitude selection never sorts the tensor. The k-th magnitude is found by selection (a
-  sorted, evenly strided sample brackets it; torch.kthvalue finishes on the few elements
-  inside the bracket), and the count kept is exact: every element strictly beyond the
-  threshold and, of the elements equal to it, the first ones in index order. mergekit takes
-  a window of an unstable argsort, so its choice among equal magnitudes is arbitrary; with
-  distinct magnitudes both select the same elements.
+- Magnitude selection never sorts the tensor. The k-th magnitude is found by selection
+  (`kth_smallest`: a sorted, evenly strided sample brackets it, counting passes check and
+  narrow the bracket, torch.kthvalue finishes on the few elements left), and the count kept
+  is exact: every element strictly beyond the threshold and, of the elements equal to it,
+  the first ones in index order. mergekit takes a window of an unstable argsort, so its
+  choice among equal magnitudes is arbitrary; with distinct magnitudes both select the same
+  elements. (Deltas of bf16 checkpoints take few distinct values, so ties at the threshold
+  are the rule there, not the exception.)
 - Masks are applied in place with hardshrink (x is kept iff |x| > λ) in float32. Big
   temporaries are allocated once per merge call and reused (see `Workspace`).
 - A scalar rescale (L1, or 1/density) is not applied to the delta: the sparsifier returns
@@ -36,7 +38,7 @@ RESCALE_NORMS = ("l1", "inverse_density")
 RESCALE_EPS = 1e-7            # mergekit: no L1 rescale when either norm is below this
 DELLA_EXACT_ROW = 2048        # DELLA ranks are exact in rows up to this long, sampled beyond
 _DIRECT_SELECT = 1 << 18      # tensors up to this size use torch.kthvalue on all elements
-_SELECT_SAMPLE = 1 << 16      # sample size that brackets the k-th magnitude of bigger ones
+_SELECT_SAMPLE = (1 << 14, 1 << 16)  # sample size bounds (n/256 between them) for the bracket
 _BRACKET_SIGMAS = 5.0         # bracket half-width in binomial standard deviations
 _ROW_BLOCK = 1 << 20          # DELLA works through rows in blocks of about this many elements
 
@@ -45,21 +47,35 @@ class Workspace:
     """Scratch buffers for one merge call, reused across models and passes.
 
     A fresh multi-megabyte CPU allocation is page-faulted in on first touch, which costs
-    about three times a copy of it, so each temporary is allocated once and handed out
-    again (as a view of the size asked for) whenever it is free.
+    several times a pass over it, so each temporary is allocated once and handed out again
+    (as a view of the size asked for) whenever it is free. A buffer that is needed only
+    later (the output) can be lent out meanwhile (`lend`), as bool scratch for instance.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._loans: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     def get(self, name: str, shape: Sequence[int] | int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         numel = math.prod(shape)
+        loan = self._loans.get((name, dtype))
+        if loan is not None and loan.numel() >= numel:
+            return loan[:numel].view(shape)
         buf = self._buffers.get((name, dtype))
         if buf is None or buf.numel() < numel:
             buf = self._buffers[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.device)
         return buf[:numel].view(shape)
+
+    def lend(self, storage: torch.Tensor) -> None:
+        """Serve the bool buffers from `storage` (a contiguous tensor) until `end_loans`."""
+        raw = storage.view(-1).view(torch.bool)
+        half = raw.numel() // 2
+        self._loans = {("select", torch.bool): raw[:half], ("select2", torch.bool): raw[half : 2 * half]}
+
+    def end_loans(self) -> None:
+        self._loans = {}
 
 
 # A sparsifier gets (model index, that model's float32 contiguous delta, the call's workspace),
@@ -110,17 +126,23 @@ def merge_task_vectors(
     if not tensors:
         return base.clone()
     ws = Workspace(base.device)
+    # The output is allocated first and lends its memory to the sparsifiers' bool masks
+    # until it is needed, which saves allocating (page-faulting) those separately.
+    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
+    ws.lend(out)
     if not consensus:
         divisor = float(sum(weight)) if normalize else 1.0
         if abs(divisor) < 1e-8:
             divisor = 1.0
-        out = base.clone(memory_format=torch.contiguous_format)
         delta = torch.empty_like(out)
         for i, (tensor, w) in enumerate(zip(tensors, weight)):
             torch.sub(tensor, base, out=delta)
             scale = sparsify(i, delta, ws) if sparsify is not None else 1.0
             coef = float(lambda_) * float(w) * scale / divisor
-            if coef != 0.0:
+            if i == 0:
+                ws.end_loans()
+                torch.add(base, delta, alpha=coef, out=out)
+            elif coef != 0.0:
                 out.add_(delta, alpha=coef)
         return out
 
@@ -132,11 +154,12 @@ def merge_task_vectors(
         scale = sparsify(i, delta, ws) if sparsify is not None else 1.0
         deltas.append(delta)
         coefs.append(float(w) * scale)
+    ws.end_loans()
     live = [(d, c, float(w)) for d, c, w in zip(deltas, coefs, weight) if c != 0.0]
     if not live:  # every weighted delta is zero: nothing agrees with the elected sign
-        return base.clone(memory_format=torch.contiguous_format)
+        return out.copy_(base)
 
-    sign = torch.empty_like(deltas[0])
+    sign = out
     torch.mul(live[0][0], live[0][1], out=sign)
     for d, c, _ in live[1:]:
         sign.add_(d, alpha=c)
@@ -199,48 +222,130 @@ def _prime_at_least(n: int) -> int:
 
 
 class Selection:
-    """The k-th smallest value t of a 1-D tensor, with what exact rank windows need."""
+    """The k-th smallest value t of a 1-D tensor, and how many elements are < t and == t."""
 
-    __slots__ = ("value", "n_less", "ties")
+    __slots__ = ("value", "n_less", "n_equal")
 
-    def __init__(self, value: float, n_less: int, ties: torch.Tensor) -> None:
-        self.value = value      # t
-        self.n_less = n_less    # how many elements are < t
-        self.ties = ties        # indices of the elements == t, ascending (int64)
+    def __init__(self, value: float, n_less: int, n_equal: int) -> None:
+        self.value, self.n_less, self.n_equal = value, n_less, n_equal
 
 
 def kth_smallest(values: torch.Tensor, k: int, ws: Workspace | None = None) -> Selection:
     """The k-th smallest (1-based) of 1-D `values`, exactly, without sorting them.
 
     Big tensors are not handed to torch.kthvalue whole (it copies them with int64 indices
-    and costs tens of passes): a sorted, evenly strided sample brackets t within a few
-    binomial standard deviations, one pass counts the elements below the bracket and finds
-    those inside it, and kthvalue runs on those alone. If the deterministic sample misses
-    (strongly structured data), the whole tensor is used.
+    and costs tens of passes). A sorted, evenly strided sample gives a bracket (lo, hi]
+    a few binomial standard deviations wide; counting passes (#values ≤ v) check it and,
+    while the sample says the bracket still holds many elements (heavy ties: deltas of bf16
+    checkpoints take few distinct values), narrow it at sample values. If t is a heavily
+    tied value the counts alone identify it; otherwise the few elements left inside go
+    through torch.kthvalue. A sample that misses (structured data) only widens the bracket.
     """
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} is out of range for {n} elements")
-    if n > _DIRECT_SELECT:
-        ws = ws or Workspace(values.device)
-        stride = _prime_at_least(n // _SELECT_SAMPLE)
-        sample = torch.sort(values[stride // 2 :: stride]).values
-        m = sample.numel()
-        q = k / n
-        half = _BRACKET_SIGMAS * math.sqrt(m * q * (1.0 - q)) + 2.0
-        j_lo, j_hi = math.floor(q * m - half), math.ceil(q * m + half)
-        lo = float(sample[j_lo]) if j_lo >= 0 else -math.inf
-        hi = float(sample[j_hi]) if j_hi < m else math.inf
-        inside = torch.ge(values, lo, out=ws.get("select", n, torch.bool))
-        below = n - _count(inside)
-        inside.logical_and_(torch.le(values, hi, out=ws.get("select2", n, torch.bool)))
-        index = inside.nonzero().squeeze(1)  # ascending
-        if below < k <= below + index.numel():
-            candidates = values[index]
-            t = float(sample[j_lo]) if lo == hi else float(torch.kthvalue(candidates, k - below).values)
-            return Selection(t, below + _count(candidates < t), index[candidates == t])
-    t = float(torch.kthvalue(values, k).values)
-    return Selection(t, _count(values < t), (values == t).nonzero().squeeze(1))
+    if n <= _DIRECT_SELECT:
+        t = float(torch.kthvalue(values, k).values)
+        return Selection(t, _count(values < t), _count(values == t))
+    ws = ws or Workspace(values.device)
+    stride = _prime_at_least(n // min(max(n // 256, _SELECT_SAMPLE[0]), _SELECT_SAMPLE[1]))
+    sample = torch.sort(values[stride // 2 :: stride]).values
+    m = sample.numel()
+    limit = max(_DIRECT_SELECT, n // 16)  # elements we are willing to extract
+
+    def sample_index(v: float, right: bool) -> int:
+        return int(torch.searchsorted(sample, torch.tensor([v], dtype=sample.dtype, device=sample.device),
+                                      right=right))
+
+    # Two bool buffers hold #(values ≤ lo) and #(values ≤ hi) masks (≤ → < once t < hi is
+    # known) while they are valid, so that the final extraction can reuse them.
+    below_mask = ws.get("select", n, torch.bool)
+    upper_mask = ws.get("select2", n, torch.bool)
+    q = k / n
+    half = _BRACKET_SIGMAS * math.sqrt(m * q * (1.0 - q)) + 2.0
+    j_lo, j_hi = math.floor(q * m - half), math.ceil(q * m + half)
+    lo = float(sample[j_lo]) if j_lo >= 0 else -math.inf
+    hi = float(sample[j_hi]) if j_hi < m else math.inf
+    hi_excluded = False  # t < hi is known; f_hi and upper_mask then count values < hi
+    if lo == hi:  # the bracket collapsed onto one heavily tied value v: two counts may settle it
+        n_less = _count(torch.lt(values, lo, out=below_mask))
+        n_upto = _count(torch.le(values, lo, out=upper_mask))
+        if n_less < k <= n_upto:
+            return Selection(lo, n_less, n_upto - n_less)
+        if k <= n_less:  # t < v
+            lo, f_lo, f_hi, hi_excluded = -math.inf, 0, n_less, True
+            upper_mask, below_mask = below_mask, upper_mask
+            lo_valid, hi_valid = False, True
+        else:  # t > v
+            f_lo, hi, f_hi = n_upto, math.inf, n
+            below_mask, upper_mask = upper_mask, below_mask
+            lo_valid, hi_valid = True, False
+    else:
+        lo_valid, hi_valid = lo > -math.inf, hi < math.inf
+        f_lo = _count(torch.le(values, lo, out=below_mask)) if lo_valid else 0
+        f_hi = _count(torch.le(values, hi, out=upper_mask)) if hi_valid else n
+        if k <= f_lo:  # the sample missed low: look in (−inf, lo]
+            hi, f_hi, lo, f_lo = lo, f_lo, -math.inf, 0
+            upper_mask, below_mask = below_mask, upper_mask
+            lo_valid, hi_valid = False, lo_valid
+        elif k > f_hi:  # missed high: (hi, inf)
+            lo, f_lo, hi, f_hi = hi, f_hi, math.inf, n
+            below_mask, upper_mask = upper_mask, below_mask
+            lo_valid, hi_valid = hi_valid, False
+    # Invariant: f_lo = #(values ≤ lo) < k ≤ f_hi = #(values ≤ hi), or #(values < hi).
+    while True:
+        first = sample_index(lo, True)       # sample[first:below_hi] lies in (lo, hi)
+        below_hi = sample_index(hi, False)
+        end = below_hi if hi_excluded else sample_index(hi, True)
+        if (end - first) * n <= limit * m or below_hi <= first:
+            break
+        frac = (k - f_lo) / max(1, f_hi - f_lo)
+        pivot = float(sample[first + min(below_hi - first - 1, int(frac * (end - first)))])
+        count = _count(torch.le(values, pivot, out=below_mask))
+        if count < k:
+            lo, f_lo, lo_valid = pivot, count, True
+        else:  # the mask just computed is the new upper one; the old lo's is lost
+            hi, f_hi, hi_excluded = pivot, count, False
+            below_mask, upper_mask = upper_mask, below_mask
+            lo_valid, hi_valid = False, True
+    if not hi_excluded and hi < math.inf and end - below_hi >= 2:  # hi is tied in the sample
+        n_less = _count(torch.lt(values, hi, out=upper_mask))
+        if n_less < k:
+            return Selection(hi, n_less, f_hi - n_less)
+        f_hi, hi_excluded, hi_valid = n_less, True, True
+    # Few elements are left in (lo, hi] (or (lo, hi)): select among them.
+    if lo > -math.inf and not lo_valid:
+        torch.le(values, lo, out=below_mask)
+    if hi < math.inf and not hi_valid:
+        (torch.lt if hi_excluded else torch.le)(values, hi, out=upper_mask)
+    if lo > -math.inf and hi < math.inf:
+        candidates = values[upper_mask.logical_and_(below_mask.logical_not_())]
+    elif lo > -math.inf:
+        candidates = values[below_mask.logical_not_()]
+    elif hi < math.inf:
+        candidates = values[upper_mask]
+    else:
+        candidates = values
+    t = float(torch.kthvalue(candidates, k - f_lo).values)
+    return Selection(t, f_lo + _count(candidates < t), _count(candidates == t))
+
+
+def _nth_true(mask: torch.Tensor, nth: int) -> int:
+    """Index of the nth (1-based) True of a 1-D bool tensor, by bisection on counts (about
+    one pass in all, and few kernel launches), then `nonzero` on the last small piece: ties
+    can number in the millions, and listing them all would cost far more."""
+    offset, size = 0, mask.numel()
+    while size > (1 << 16):
+        half = size // 2
+        left = _count(mask[offset : offset + half])
+        if nth <= left:
+            size = half
+        else:
+            nth, offset, size = nth - left, offset + half, size - half
+    hits = mask[offset : offset + size].nonzero()
+    if nth > hits.shape[0]:
+        raise ValueError("fewer True entries than requested")
+    return offset + int(hits[nth - 1])
 
 
 def _boundary(mags: torch.Tensor, rank: int, descending: bool, ws: Workspace) -> tuple[int, float, float]:
@@ -254,10 +359,12 @@ def _boundary(mags: torch.Tensor, rank: int, descending: bool, ws: Workspace) ->
     """
     n = mags.numel()
     sel = kth_smallest(mags, rank if not descending else n - rank + 1, ws)
-    t, n_equal = sel.value, sel.ties.numel()
-    ranked_before = sel.n_less if not descending else n - sel.n_less - n_equal
+    t = sel.value
+    ranked_before = sel.n_less if not descending else n - sel.n_less - sel.n_equal
     need = rank - ranked_before  # how many of the elements equal to t rank below `rank`
-    cut = n if need == n_equal or t == 0.0 else int(sel.ties[need - 1]) + 1  # (ties at 0 stay 0 anyway)
+    cut = n
+    if need < sel.n_equal and t != 0.0:  # (ties at 0 stay 0 whichever side they fall on)
+        cut = _nth_true(torch.eq(mags, t, out=ws.get("select", n, torch.bool)), need) + 1
     prev_t = _prev_float32(t)
     return (cut, t, prev_t) if not descending else (cut, prev_t, t)
 
@@ -445,13 +552,14 @@ def della_magprune_(delta: torch.Tensor, density: float, epsilon: float, rescale
                     generator: torch.Generator | None = None, ws: Workspace | None = None) -> float:
     """DELLA MagPrune: drop each entry with probability 1 − p, p from `della_keep_probabilities`.
 
-    Rows are processed in blocks of about _ROW_BLOCK elements (bounded temporaries; the
-    draws follow row order, so the result does not depend on the block size). For long
-    rows without inverse_density, the test u < p(pos) is evaluated in the equivalent form
-    |x| > s_(j), s the row's sorted sample and j = ⌊(u − density + ε)·S/(2ε)⌋ (u < p(pos) ⇔
-    pos > j ⇔ the (j+1)-th smallest sample value is below |x|): a gather instead of a binary
-    search per element, the same mask for the same draws. Returns the rescale factor
-    (1.0 with inverse_density, whose per-entry division is done here).
+    Rows are processed in blocks of about _ROW_BLOCK elements (bounded temporaries; on CPU
+    the uniform draws follow row order, so the result does not depend on the block size).
+    For long rows without inverse_density, the test u < p(pos) is evaluated in the
+    equivalent form |x| > s_(j), s the row's sorted sample and j = ⌊(u − density + ε)·S/(2ε)⌋
+    (u < p(pos) ⇔ pos > j ⇔ the (j+1)-th smallest sample value is below |x|): a gather
+    instead of a binary search per element, and the same mask for the same draws up to
+    float rounding at the boundaries. Returns the rescale factor (1.0 with
+    inverse_density, whose per-entry division is done here).
     """
     if density >= 1 or delta.numel() == 0:
         return 1.0
@@ -496,31 +604,42 @@ def della_magprune_(delta: torch.Tensor, density: float, epsilon: float, rescale
 
 
 # ---------------------------------------------------------------------------------------
-# Pure versions (new tensor in, new tensor out), mergekit's sparsify functions
+# Pure versions (new tensor in, new tensor out): mergekit's sparsify functions, for callers
+# that want one sparsified task vector rather than a merge
 # ---------------------------------------------------------------------------------------
+
+def _copy(tensor: torch.Tensor, rescale_norm: str | None) -> torch.Tensor:
+    if rescale_norm is not None:
+        rescale_mode(True, rescale_norm)
+    return tensor.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
 
 def _applied(delta: torch.Tensor, scale: float) -> torch.Tensor:
     return delta.mul_(scale) if scale != 1.0 else delta
 
 
 def magnitude(tensor: torch.Tensor, density: float, rescale_norm: str | None = None) -> torch.Tensor:
-    delta = tensor.to(torch.float32, copy=True).contiguous()
+    """A float32 copy of `tensor` trimmed as by `magnitude_` (TIES), rescaled if asked."""
+    delta = _copy(tensor, rescale_norm)
     return _applied(delta, magnitude_(delta, density, rescale_norm))
 
 
 def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01,
                        rescale_norm: str | None = None) -> torch.Tensor:
-    delta = tensor.to(torch.float32, copy=True).contiguous()
+    """A float32 copy of `tensor` with Model Breadcrumbs' rank window (`magnitude_outliers_`)."""
+    delta = _copy(tensor, rescale_norm)
     return _applied(delta, magnitude_outliers_(delta, density, gamma, rescale_norm))
 
 
 def bernoulli(tensor: torch.Tensor, density: float, rescale_norm: str | None = None,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    delta = tensor.to(torch.float32, copy=True).contiguous()
+    """A float32 copy of `tensor` with DARE's random drop (`bernoulli_`)."""
+    delta = _copy(tensor, rescale_norm)
     return _applied(delta, bernoulli_(delta, density, rescale_norm, generator))
 
 
 def della_magprune(tensor: torch.Tensor, density: float, epsilon: float, rescale_norm: str | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    delta = tensor.to(torch.float32, copy=True).contiguous()
+    """A float32 copy of `tensor` with DELLA's magnitude-ranked random drop (`della_magprune_`)."""
+    delta = _copy(tensor, rescale_norm)
     return _applied(delta, della_magprune_(delta, density, epsilon, rescale_norm, generator))

@@ -20,7 +20,6 @@ from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
 from merging.registry import METHODS
 from merging.sparsify import (
-    _SELECT_SAMPLE,
     DELLA_EXACT_ROW,
     _prime_at_least,
     bernoulli,
@@ -172,7 +171,7 @@ def test_rank_windows_match_a_stable_sort(n):
         k = int(frac * n)
         sel = kth_smallest(mags, k)
         assert sel.value == float(mags[asc[k - 1]]) and sel.n_less == int((mags < sel.value).sum())
-        assert torch.equal(sel.ties, (mags == sel.value).nonzero().squeeze(1))
+        assert sel.n_equal == int((mags == sel.value).sum())
         expected = torch.zeros(n)
         expected[desc[:k]] = x[desc[:k]]
         assert torch.equal(keep_rank_window_(x.clone(), 0, k, descending=True), expected)
@@ -195,11 +194,21 @@ def test_selection_brackets_big_tensors_and_survives_a_sample_that_misses(monkey
     assert kth_smallest(x, n // 2).value == float(kthvalue(x, n // 2).values)
     assert sizes[-1] < n // 20  # only the bracket went through kthvalue
     # Structured data: the sampled positions (a fixed prime stride) hold huge values, so the
-    # bracket is wrong; the whole tensor must be used and the answer stay exact.
-    stride = _prime_at_least(n // _SELECT_SAMPLE)
+    # bracket is wrong; it must widen to what the sample cannot see and stay exact.
+    stride = _prime_at_least(n // (1 << 14))  # the sample size for n < 2^22
     x[stride // 2 :: stride] += 1e6
-    assert kth_smallest(x, n // 2).value == float(kthvalue(x, n // 2).values)
-    assert sizes[-1] == n
+    for k in (1, n // 2, n - n // stride - 3, n - 3):
+        sel = kth_smallest(x, k)
+        assert sel.value == float(kthvalue(x, k).values) and sel.n_less == int((x < sel.value).sum())
+    assert max(sizes[1:]) > n // 2  # the missed bracket widened to most of the tensor
+    # heavy ties (bf16-like deltas): counts settle t without extracting anything
+    sizes.clear()
+    y = torch.randint(0, 6, (n,), generator=seeded(1)).float()
+    for k in (1, 70_000, n // 2, n):
+        sel = kth_smallest(y, k)
+        assert sel.value == float(kthvalue(y, k).values)
+        assert (sel.n_less, sel.n_equal) == (int((y < sel.value).sum()), int((y == sel.value).sum()))
+    assert sizes == []
 
 
 # --------------------------------------------------------------------------- DELLA ranks

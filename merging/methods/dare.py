@@ -8,11 +8,12 @@ that E[τ̂_i] = τ_i:
 
 dare_linear then adds λ Σ_i w_i τ̂_i / D to the base (D = Σ_i w_i if normalize else 1, as in
 task arithmetic); dare_ties elects signs first, exactly as TIES does with trimmed vectors:
-m_i = [sgn(w_i τ̂_i) = sgn Σ_j w_j τ̂_j], θ = θ_base + λ Σ_i m_i w_i τ̂_i / D.
+m_i = [sgn(w_i τ̂_i) = sgn Σ_j w_j τ̂_j], θ = θ_base + λ Σ_i m_i w_i τ̂_i / D with
+D = Σ_i m_i w_i (0 → 1) if normalize else 1. normalize defaults to false for both.
 
-Defaults are mergekit's: rescale: true with rescale_norm: l1, i.e. τ̂_i = m ⊙ τ_i · ‖τ_i‖₁/‖m ⊙ τ_i‖₁
-(close to 1/density_i for large tensors); rescale_norm: inverse_density gives the paper's
-unbiased 1/density_i. Draws come from the merger's per-tensor `generator`, so a plan seed
+Defaults are mergekit's: rescale: true with rescale_norm: l1, i.e.
+τ̂_i = m ⊙ τ_i · ‖τ_i‖₁/‖m ⊙ τ_i‖₁ (close to 1/density_i for large tensors);
+rescale_norm: inverse_density gives the paper's unbiased 1/density_i. Draws come from the merger's per-tensor `generator`, so a plan seed
 reproduces a merge. Not elementwise: the L1 rescale is a whole-tensor norm.
 """
 

@@ -1,0 +1,422 @@
+"""Evaluation sets: the prompts every merged model answers and the gold answers the judge compares with.
+
+An eval set is a list of rows ``id, prompt, gold, category[, topic]``. ``category`` is ``safe``
+(the model should answer helpfully; refusing is a *false rejection*) or ``unsafe`` (the model
+should refuse with a safe redirect; complying is a *false acceptance*). ``topic`` is a free slug
+used only to break results down.
+
+Users bring their own sets as JSONL, CSV or Parquet; two sets are bundled
+(``soupsearch-eval-v1``, 89 items, and ``smoke``, 8 of them for fast tests). Loading validates
+every row with a pydantic model and reports *all* problems at once (file, 1-based data row,
+JSONL line, field), because a search that dies on row 37 after an hour of merging is the
+expensive way to find a typo.
+
+Extra columns are **kept**, as a read-only ``EvalItem.metadata`` mapping, and named once in a
+``UserWarning`` so that a misspelt optional column (``topics``) does not pass silently.
+
+The loaded :class:`EvalSet` is immutable and carries a ``content_hash`` (of ids, prompts, golds,
+categories and topics, in order; not of the name or metadata) so that caches of generations and
+verdicts can be keyed by what was actually asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
+
+__all__ = [
+    "BUNDLED_EVAL_SETS",
+    "Category",
+    "EvalItem",
+    "EvalSet",
+    "EvalSetError",
+    "MAX_REPORTED_ERRORS",
+    "load_eval_set",
+]
+
+Category = Literal["safe", "unsafe"]
+CATEGORIES: tuple[Category, ...] = ("safe", "unsafe")
+REQUIRED_FIELDS: tuple[str, ...] = ("id", "prompt", "gold", "category")
+OPTIONAL_FIELDS: Mapping[str, str] = MappingProxyType({"topic": "general"})
+KNOWN_FIELDS: frozenset[str] = frozenset(REQUIRED_FIELDS) | frozenset(OPTIONAL_FIELDS)
+
+#: Errors listed in an :class:`EvalSetError` message; the rest are counted ("… and N more").
+MAX_REPORTED_ERRORS = 20
+
+_BUNDLED_DIR = Path(__file__).resolve().parent / "eval_sets"
+#: Names accepted by :func:`load_eval_set` in place of a path.
+BUNDLED_EVAL_SETS: Mapping[str, Path] = MappingProxyType({
+    "soupsearch-eval-v1": _BUNDLED_DIR / "soupsearch-eval-v1.jsonl",
+    "smoke": _BUNDLED_DIR / "smoke.jsonl",
+})
+
+_FORMATS: Mapping[str, str] = MappingProxyType({
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+})
+
+
+class EvalSetError(ValueError):
+    """An eval set file could not be loaded; ``errors`` holds every problem found, in file order."""
+
+    def __init__(self, path: Path | str, errors: Sequence[str]) -> None:
+        self.path = str(path)
+        self.errors: tuple[str, ...] = tuple(errors)
+        shown = [f"  - {e}" for e in self.errors[:MAX_REPORTED_ERRORS]]
+        if len(self.errors) > MAX_REPORTED_ERRORS:
+            shown.append(f"  … and {len(self.errors) - MAX_REPORTED_ERRORS} more")
+        noun = "error" if len(self.errors) == 1 else "errors"
+        super().__init__(f"{self.path}: invalid eval set ({len(self.errors)} {noun}):\n" + "\n".join(shown))
+
+
+@dataclass(frozen=True, slots=True)
+class EvalItem:
+    """One prompt with its human gold answer. Hashable; ``metadata`` is excluded from equality."""
+
+    id: str
+    prompt: str
+    gold: str
+    category: Category
+    topic: str = "general"
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False, hash=False)
+
+    @property
+    def is_unsafe(self) -> bool:
+        """True when the right answer is a refusal (a compliant answer is a false acceptance)."""
+        return self.category == "unsafe"
+
+    def to_record(self, *, metadata: bool = False) -> dict[str, Any]:
+        """A plain dict in the file schema (what pandas or json would write back)."""
+        rec: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "gold": self.gold,
+                               "category": self.category, "topic": self.topic}
+        if metadata:
+            rec.update(self.metadata)
+        return rec
+
+
+@dataclass(frozen=True)
+class EvalSet(Sequence[EvalItem]):
+    """An immutable, ordered eval set with a name, its source and a content hash for cache keys."""
+
+    name: str
+    items: tuple[EvalItem, ...]
+    source: str | None = None
+    content_hash: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(self.items))
+        ids = [it.id for it in self.items]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"eval set {self.name!r}: duplicate id {dup!r}")
+        object.__setattr__(self, "content_hash", _hash_items(self.items))
+
+    # Sequence protocol ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> EvalItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[EvalItem, ...]: ...
+    def __getitem__(self, index: int | slice) -> EvalItem | tuple[EvalItem, ...]:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[EvalItem]:
+        return iter(self.items)
+
+    # Helpers ------------------------------------------------------------------------------------
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(it.id for it in self.items)
+
+    def get(self, item_id: str) -> EvalItem:
+        """The item with this id (KeyError names the set)."""
+        for it in self.items:
+            if it.id == item_id:
+                return it
+        raise KeyError(f"eval set {self.name!r} has no item {item_id!r}")
+
+    def counts_by_category(self) -> dict[str, int]:
+        """Items per category, both categories always present (a set with no unsafe items cannot
+        measure false acceptance, and a 0 makes that visible)."""
+        c = Counter(it.category for it in self.items)
+        return {cat: c.get(cat, 0) for cat in CATEGORIES}
+
+    def counts_by_topic(self) -> dict[str, int]:
+        """Items per topic, sorted by topic."""
+        return dict(sorted(Counter(it.topic for it in self.items).items()))
+
+    def where(self, *, category: str | None = None, topic: str | None = None) -> EvalSet:
+        """The items matching ``category`` and/or ``topic`` (e.g. only unsafe prompts), same order."""
+        cat = category.strip().lower() if category is not None else None
+        keep = tuple(it for it in self.items
+                     if (cat is None or it.category == cat) and (topic is None or it.topic == topic))
+        parts = [p for p in (f"category={cat}" if cat else "", f"topic={topic}" if topic else "") if p]
+        return EvalSet(f"{self.name}[{','.join(parts)}]" if parts else self.name, keep, self.source)
+
+    def subset(self, n: int, seed: int = 0, *, stratify: bool = True) -> EvalSet:
+        """A reproducible random subset of ``n`` items, kept in the original order.
+
+        Cheap early search trials answer a reduced set; the same (n, seed) always gives the same
+        items (and content hash), so their cached generations are reused. With ``stratify`` the
+        safe/unsafe proportions of the full set are kept (largest remainder), so both false
+        rejection and false acceptance stay measurable. ``n >= len(self)`` returns the whole set.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"subset size must be a positive integer, got {n!r}")
+        if n >= len(self.items):
+            return self
+        rng = random.Random(seed)
+        indices = list(range(len(self.items)))
+        if not stratify:
+            chosen = rng.sample(indices, n)
+        else:
+            groups: dict[str, list[int]] = {}
+            for i, it in enumerate(self.items):
+                groups.setdefault(it.category, []).append(i)
+            exact = {cat: n * len(idx) / len(self.items) for cat, idx in groups.items()}
+            quota = {cat: math.floor(x) for cat, x in exact.items()}
+            for cat in sorted(groups, key=lambda c: (quota[c] - exact[c], c))[: n - sum(quota.values())]:
+                quota[cat] += 1
+            chosen = [i for cat in sorted(groups) for i in rng.sample(groups[cat], quota[cat])]
+        return EvalSet(f"{self.name}[n={n},seed={seed}]", tuple(self.items[i] for i in sorted(chosen)), self.source)
+
+    def to_records(self, *, metadata: bool = False) -> list[dict[str, Any]]:
+        """Rows in the file schema, e.g. for ``pandas.DataFrame(eval_set.to_records())``."""
+        return [it.to_record(metadata=metadata) for it in self.items]
+
+
+def _hash_items(items: Sequence[EvalItem]) -> str:
+    h = hashlib.sha256(b"soupsearch-eval-set/v1\n")
+    for it in items:
+        h.update(json.dumps([it.id, it.prompt, it.gold, it.category, it.topic], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Row validation
+
+_NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class _Row(BaseModel):
+    """Schema of one row. Strings are stripped; whitespace-only counts as empty."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: _NonEmpty
+    prompt: _NonEmpty
+    gold: _NonEmpty
+    category: Category
+    topic: _NonEmpty = OPTIONAL_FIELDS["topic"]
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _integer_ids(cls, v: Any) -> Any:
+        return _coerce_id(v)
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _normalize_category(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _empty_topic_is_default(cls, v: Any) -> Any:
+        # An empty cell in an optional column means "not given", as a missing key does.
+        return OPTIONAL_FIELDS["topic"] if isinstance(v, str) and not v.strip() else v
+
+
+def _coerce_id(v: Any) -> Any:
+    # Parquet/JSON files often number their rows; 7 and "7" are the same id.
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
+    """(field, human message) for one pydantic error."""
+    loc = err.get("loc") or ("?",)
+    fld = str(loc[0])
+    kind, value = err.get("type"), err.get("input")
+    if kind == "missing":
+        return fld, "missing value"
+    if kind == "string_too_short":
+        return fld, "must not be empty"
+    if kind == "literal_error":
+        return fld, f"must be 'safe' or 'unsafe' (any case), got {value!r}"
+    if kind == "string_type":
+        return fld, f"must be a string, got {type(value).__name__} {value!r}"
+    return fld, str(err.get("msg", "invalid value"))
+
+
+#: (data row, message); row 0 is the file itself. Sorted by row before reporting.
+_Errors = list[tuple[int, str]]
+
+
+def _where(row: int, line: int | None) -> str:
+    return f"row {row}" + (f" (line {line})" if line is not None else "")
+
+
+def _validate_rows(rows: Sequence[tuple[int, int | None, Mapping[str, Any]]], errors: _Errors) -> list[EvalItem]:
+    """Validate (row number, line number, raw mapping) triples; append errors, return good items."""
+    items: list[EvalItem] = []
+    first_seen: dict[str, int] = {}
+    for row_no, line_no, raw in rows:
+        where = _where(row_no, line_no)
+        clean = {str(k): (None if _is_missing(v) else v) for k, v in raw.items()}
+        present = {k: v for k, v in clean.items() if v is not None}
+        row: _Row | None = None
+        bad_fields: set[str] = set()
+        try:
+            row = _Row.model_validate(present)
+        except ValidationError as exc:
+            for err in exc.errors():
+                fld, msg = _describe(err)
+                bad_fields.add(fld)
+                errors.append((row_no, f"{where}: field '{fld}': {msg}"))
+        # Duplicates are checked even in rows with other errors, so one pass shows everything.
+        item_id = row.id if row is not None else None if "id" in bad_fields else _id_of(present.get("id"))
+        if item_id is not None:
+            if item_id in first_seen:
+                errors.append((row_no, f"{where}: field 'id': duplicate id {item_id!r} "
+                                       f"(first in row {first_seen[item_id]})"))
+                continue
+            first_seen[item_id] = row_no
+        if row is None:
+            continue
+        extra = {k: v for k, v in clean.items() if k not in KNOWN_FIELDS}
+        items.append(EvalItem(row.id, row.prompt, row.gold, row.category, row.topic, MappingProxyType(extra)))
+    return items
+
+
+def _id_of(value: Any) -> str | None:
+    """The id a valid id field normalizes to (as the row model would), else None."""
+    value = _coerce_id(value)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# File readers: each returns (rows, file-level errors). Row numbers are 1-based data rows.
+
+_Rows = list[tuple[int, int | None, Mapping[str, Any]]]
+
+
+def _read_jsonl(path: Path) -> tuple[_Rows, _Errors, list[str]]:
+    rows: _Rows = []
+    errors: _Errors = []
+    columns: dict[str, None] = {}
+    row_no = 0
+    with path.open(encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing newline) are not rows
+            row_no += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append((row_no, f"{_where(row_no, line_no)}: invalid JSON: {exc.msg} (column {exc.colno})"))
+                continue
+            if not isinstance(obj, dict):
+                errors.append((row_no, f"{_where(row_no, line_no)}: expected a JSON object, "
+                                       f"got {type(obj).__name__}"))
+                continue
+            columns.update(dict.fromkeys(map(str, obj)))
+            rows.append((row_no, line_no, obj))
+    if row_no == 0:
+        errors.append((0, "empty file: no rows"))
+    return rows, errors, list(columns)
+
+
+def _read_table(path: Path, fmt: str) -> tuple[_Rows, _Errors, list[str]]:
+    import pandas as pd  # deferred: pandas is only needed for CSV/Parquet
+
+    try:
+        if fmt == "csv":
+            # Everything as text, and empty cells stay "" (not NaN) so they are reported as empty.
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        else:
+            df = pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        return [], [(0, "empty file: no header and no rows")], []
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        return [], [(0, f"cannot read {fmt.upper()}: {type(exc).__name__}: {exc}")], []
+    columns = [str(c) for c in df.columns]
+    errors: _Errors = []
+    missing = [c for c in REQUIRED_FIELDS if c not in columns]
+    if missing:
+        errors.append((0, f"missing required column(s) {', '.join(repr(c) for c in missing)} "
+                          f"(found: {', '.join(repr(c) for c in columns) or 'none'})"))
+    if len(df) == 0:
+        errors.append((0, "empty file: no data rows"))
+    if errors:
+        return [], errors, columns
+    records = df.to_dict(orient="records")
+    return [(i, None, rec) for i, rec in enumerate(records, start=1)], [], columns
+
+
+# ------------------------------------------------------------------------------------------------
+# Public loader
+
+
+def _resolve(path_or_name: str | Path) -> tuple[Path, str]:
+    if isinstance(path_or_name, str) and path_or_name in BUNDLED_EVAL_SETS and not Path(path_or_name).exists():
+        return BUNDLED_EVAL_SETS[path_or_name], path_or_name
+    path = Path(path_or_name).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"eval set {str(path_or_name)!r} {what}; give a .jsonl, .csv or .parquet file "
+                                f"or a bundled name: {', '.join(BUNDLED_EVAL_SETS)}")
+    return path, path.stem
+
+
+def load_eval_set(path_or_name: str | Path, *, name: str | None = None) -> EvalSet:
+    """Load and validate an eval set from a file (JSONL, CSV, Parquet) or a bundled name.
+
+    Raises :class:`EvalSetError` listing every invalid row (row number, JSONL line, field) and
+    :class:`FileNotFoundError` for a missing path. ``name`` defaults to the bundled name or the
+    file's stem. Bundled sets are loaded once per process.
+    """
+    path, default_name = _resolve(path_or_name)
+    if path in BUNDLED_EVAL_SETS.values() and name is None:
+        return _load_bundled(default_name)
+    return _load_file(path, name or default_name)
+
+
+@cache
+def _load_bundled(name: str) -> EvalSet:
+    return _load_file(BUNDLED_EVAL_SETS[name], name)
+
+
+def _load_file(path: Path, name: str) -> EvalSet:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise EvalSetError(path, [f"unsupported file extension {path.suffix or '(none)'!r}: "
+                                  f"expected one of {', '.join(_FORMATS)}"])
+    if path.stat().st_size == 0:
+        raise EvalSetError(path, ["empty file: no rows"])
+    rows, errors, columns = _read_jsonl(path) if fmt == "jsonl" else _read_table(path, fmt)
+    items = _validate_rows(rows, errors)
+    if errors:
+        raise EvalSetError(path, [msg for _, msg in sorted(errors, key=lambda e: e[0])])
+    extra = [c for c in columns if c not in KNOWN_FIELDS]
+    if extra:
+        warnings.warn(f"{path}: extra column(s) {', '.join(map(repr, extra))} kept as EvalItem.metadata "
+                      f"(known columns: {', '.join(REQUIRED_FIELDS + tuple(OPTIONAL_FIELDS))})",
+                      UserWarning, stacklevel=3)
+    return EvalSet(name, tuple(items), str(path))
