@@ -17,14 +17,15 @@ normalize and rescale default to false (mergekit); rescale_norm as for TIES.
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, magnitude_outliers_, merge_task_vectors, rescale_mode
+from merging.sparsify import check_per_model, magnitude_outliers_, merge_task_vectors, rescale_mode, task_vector_params
 
 
-def _breadcrumbs(
+def breadcrumbs_merge(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
@@ -32,10 +33,11 @@ def _breadcrumbs(
     weight: Sequence[float],
     density: Sequence[float],
     gamma: Sequence[float],
-    normalize: bool,
-    rescale: bool,
-    lambda_: float,
-    rescale_norm: str,
+    normalize: bool = False,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+    int8_mask: bool = False,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, gamma=gamma)
@@ -44,44 +46,12 @@ def _breadcrumbs(
         sparsify=lambda i, delta, ws: magnitude_outliers_(delta, density[i], gamma[i], norm, ws))
 
 
-def breadcrumbs(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    gamma: Sequence[float],
-    normalize: bool = False,
-    rescale: bool = False,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-) -> torch.Tensor:
-    return _breadcrumbs(tensors, base, consensus=False, weight=weight, density=density, gamma=gamma,
-                        normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm)
-
-
-def breadcrumbs_ties(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    gamma: Sequence[float],
-    normalize: bool = False,
-    rescale: bool = False,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-) -> torch.Tensor:
-    return _breadcrumbs(tensors, base, consensus=True, weight=weight, density=density, gamma=gamma,
-                        normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm)
-
+# The two registered variants differ only in sign election (and mergekit's normalize default).
+breadcrumbs = partial(breadcrumbs_merge, consensus=False)
+breadcrumbs_ties = partial(breadcrumbs_merge, consensus=True)
 
 register(MethodSpec("breadcrumbs", breadcrumbs, model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params={"int8_mask": False, "normalize": False, "rescale": False, "lambda": 1.0,
-                                   "rescale_norm": "l1"}))
+                    shared_params=task_vector_params(normalize=False, rescale=False)))
 register(MethodSpec("breadcrumbs_ties", breadcrumbs_ties,
                     model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params={"int8_mask": False, "normalize": False, "rescale": False, "lambda": 1.0,
-                                   "rescale_norm": "l1"}))
+                    shared_params=task_vector_params(normalize=False, rescale=False)))

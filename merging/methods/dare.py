@@ -18,25 +18,27 @@ reproduces a merge. Not elementwise: the L1 rescale is a whole-tensor norm.
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
 from merging.registry import MethodSpec, register
-from merging.sparsify import bernoulli_, check_per_model, merge_task_vectors, rescale_mode
+from merging.sparsify import bernoulli_, check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
-def _dare(
+def dare(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
     consensus: bool,
     weight: Sequence[float],
     density: Sequence[float],
-    normalize: bool,
-    rescale: bool,
-    lambda_: float,
-    rescale_norm: str,
-    generator: torch.Generator | None,
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+    int8_mask: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density)
@@ -44,43 +46,11 @@ def _dare(
                               sparsify=lambda i, delta, ws: bernoulli_(delta, density[i], norm, generator, ws))
 
 
-def dare_linear(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    normalize: bool = False,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    return _dare(tensors, base, consensus=False, weight=weight, density=density, normalize=normalize,
-                 rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm, generator=generator)
-
-
-def dare_ties(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    normalize: bool = False,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    return _dare(tensors, base, consensus=True, weight=weight, density=density, normalize=normalize,
-                 rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm, generator=generator)
-
+# The two registered variants differ only in sign election (and mergekit's normalize default).
+dare_linear = partial(dare, consensus=False)
+dare_ties = partial(dare, consensus=True)
 
 register(MethodSpec("dare_linear", dare_linear, model_params={"weight": None, "density": 1.0},
-                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
-                                   "rescale_norm": "l1"}, randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))
 register(MethodSpec("dare_ties", dare_ties, model_params={"weight": None, "density": 1.0},
-                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
-                                   "rescale_norm": "l1"}, randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))

@@ -17,14 +17,15 @@ sample of 2048 magnitudes in longer ones (merging.sparsify.della_rank_norm).
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, della_magprune_, merge_task_vectors, rescale_mode
+from merging.sparsify import check_per_model, della_magprune_, merge_task_vectors, rescale_mode, task_vector_params
 
 
-def _della(
+def della_merge(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
@@ -32,11 +33,12 @@ def _della(
     weight: Sequence[float],
     density: Sequence[float],
     epsilon: Sequence[float],
-    normalize: bool,
-    rescale: bool,
-    lambda_: float,
-    rescale_norm: str,
-    generator: torch.Generator | None,
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    rescale_norm: str = "l1",
+    int8_mask: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, epsilon=epsilon)
@@ -45,47 +47,11 @@ def _della(
         sparsify=lambda i, delta, ws: della_magprune_(delta, density[i], epsilon[i], norm, generator, ws))
 
 
-def della(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    epsilon: Sequence[float],
-    normalize: bool = True,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    return _della(tensors, base, consensus=True, weight=weight, density=density, epsilon=epsilon,
-                  normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm,
-                  generator=generator)
-
-
-def della_linear(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: Sequence[float],
-    density: Sequence[float],
-    epsilon: Sequence[float],
-    normalize: bool = False,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    rescale_norm: str = "l1",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    return _della(tensors, base, consensus=False, weight=weight, density=density, epsilon=epsilon,
-                  normalize=normalize, rescale=rescale, lambda_=lambda_, rescale_norm=rescale_norm,
-                  generator=generator)
-
+# The two registered variants differ only in sign election (and mergekit's normalize default).
+della_linear = partial(della_merge, consensus=False)
+della = partial(della_merge, consensus=True, normalize=True)
 
 register(MethodSpec("della", della, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params={"int8_mask": False, "normalize": True, "rescale": True, "lambda": 1.0,
-                                   "rescale_norm": "l1"}, randomized=True))
+                    shared_params=task_vector_params(normalize=True, rescale=True), randomized=True))
 register(MethodSpec("della_linear", della_linear, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params={"int8_mask": False, "normalize": False, "rescale": True, "lambda": 1.0,
-                                   "rescale_norm": "l1"}, randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))

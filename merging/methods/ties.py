@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, magnitude_, merge_task_vectors, rescale_mode
+from merging.sparsify import check_per_model, magnitude_, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def ties(
@@ -40,5 +40,4 @@ def ties(
 
 
 register(MethodSpec("ties", ties, model_params={"weight": None, "density": 1.0},
-                    shared_params={"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0,
-                                   "rescale_norm": "l1"}))
+                    shared_params=task_vector_params(normalize=True, rescale=False)))
