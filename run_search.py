@@ -1,23 +1,33 @@
 #!/usr/bin/env python
 """soupsearch command line.
 
-    python run_search.py                      the embedded example (see README)
+    python run_search.py [--config configs/default.yaml] [--trials N]
+                                              the multi-objective merge search (default)
+    python run_search.py --resume EXP_DIR     continue a stopped search
+    python run_search.py export EXP_DIR [--pick knee | --weights a=2,b=1] [--require "safety>=0.9"]
+                                [--materialize OUT_DIR]   ship one merge of the front
     python run_search.py merge CONFIG OUT     one merge from a mergekit-style YAML
-    python run_search.py prepare-example      build the example model family
+    python run_search.py prepare-example      build the example model family (base + DPO/KTO/ORPO variants)
+    python run_search.py demo                 every merge method once on the example family
     python run_search.py methods              list the merge methods and their parameters
-
-The multi-objective search itself (the default command once it lands) is a later issue;
-until then the default command runs the example merges on the real small model.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+# OpenMP threads that spin-wait between parallel regions turn a busy small machine into a
+# crawl: a 0.3 s in-memory merge took 35 s with 2 torch threads while another process
+# trained on the same 2 cores, 0.36 s with passive waiting. libgomp reads this once, when
+# torch loads, so it is set here before any import of torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parent
+DEFAULT_THREADS = 2
 
 
 def _parse_size(text: str) -> int:
@@ -33,7 +43,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from merging import Merger, load_plan, write_model
 
     plan = load_plan(args.config)
-    torch.set_num_threads(args.threads) if args.threads else None
+    _set_threads(args.threads)
     started = time.perf_counter()
     models = {ref: ref for ref in plan.referenced_models()}
     merger = Merger(models, plan.base_model, device=args.device, resident=False, allow_pickle=plan.allow_pickle)
@@ -48,10 +58,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch's CPU thread count: a setting, because on a loaded 2-core machine 1 can beat 2 by far."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_prepare_example(args: argparse.Namespace) -> int:
     from search.example_family import prepare_example
 
-    for name, path in prepare_example(Path(args.data_dir)).items():
+    _set_threads(args.threads)
+    for name, path in prepare_example(Path(args.data_dir), steps=args.train_steps).items():
         print(f"{name:10s} {path}")
     return 0
 
@@ -68,10 +87,56 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.config import SearchConfigError, load_search_config
+    from search.driver import run_search
+
+    exp_dir = Path(args.resume) if args.resume else None
+    try:
+        config = load_search_config(exp_dir / "config.yaml" if exp_dir else args.config)
+    except SearchConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.trials:
+        config.search.n_trials = args.trials
+    try:
+        run_search(config, exp_dir, resume=exp_dir is not None)
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import ExportError, export
+
+    try:
+        result = export(Path(args.exp_dir), weights=args.weights, require=args.require,
+                        materialize=Path(args.materialize) if args.materialize else None, force=args.force)
+    except (ExportError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"picked trial {result.trial_number}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()))
+    print(f"config:   {result.plan_path}")
+    print(f"mergekit: {result.mergekit_path or '(method not in mergekit)'}")
+    if result.model_dir:
+        print(f"model:    {result.model_dir}  (vllm serve / transformers from_pretrained)")
+    return 0
+
+
 def cmd_example(args: argparse.Namespace) -> int:
     from search.example_demo import run_example
 
-    return run_example(Path(args.data_dir), Path(args.out_dir), threads=args.threads)
+    _set_threads(args.threads)
+    methods = args.methods.split(",") if args.methods else None
+    return run_example(Path(args.data_dir), Path(args.out_dir), train_steps=args.train_steps, methods=methods)
+
+
+def _example_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"torch CPU threads (default {DEFAULT_THREADS}; try 1 when another job loads the machine)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="shorten each variant's preference-optimisation run to N steps (quick checks only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="run_search.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where the example models live")
-    parser.add_argument("--out-dir", default=str(ROOT / "outputs" / "example"), help="example outputs")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.set_defaults(func=cmd_example)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="experiment config (YAML)")
+    parser.add_argument("--trials", type=int, default=None, help="override search.n_trials")
+    parser.add_argument("--resume", metavar="EXP_DIR", default=None,
+                        help="continue a stopped search (its config.yaml); finished trials are kept, not re-run")
+    parser.set_defaults(func=cmd_search)
     sub = parser.add_subparsers(dest="command")
+
+    demo = sub.add_parser("demo", help="every merge method once on the example family, timed (no search)")
+    demo.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where the example models live")
+    demo.add_argument("--out-dir", default=str(ROOT / "outputs" / "example"), help="example outputs")
+    demo.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    _example_options(demo)
+    demo.set_defaults(func=cmd_example)
 
     merge = sub.add_parser("merge", help="merge models from a mergekit-style YAML config")
     merge.add_argument("config")
@@ -94,8 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--threads", type=int, default=None)
     merge.set_defaults(func=cmd_merge)
 
+    exp = sub.add_parser("export", help="write the chosen merge of a finished search as configs (and a model)")
+    exp.add_argument("exp_dir")
+    how = exp.add_mutually_exclusive_group()
+    how.add_argument("--pick", choices=["knee"], default="knee", help="the front's knee point (default)")
+    how.add_argument("--weights", help="best weighted sum instead, e.g. safety=2,factuality=1")
+    exp.add_argument("--require", action="append", default=[], help='e.g. "safety>=0.9" or "safety>=best_source"')
+    exp.add_argument("--materialize", metavar="OUT_DIR", help="also write the merged model folder")
+    exp.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    exp.set_defaults(func=cmd_export)
+
     prep = sub.add_parser("prepare-example", help="build the example model family (cached)")
     prep.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    _example_options(prep)
     prep.set_defaults(func=cmd_prepare_example)
 
     sub.add_parser("methods", help="list merge methods").set_defaults(func=cmd_methods)

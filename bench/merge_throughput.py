@@ -49,7 +49,7 @@ def llama_state(seed: int, scale: float, device: torch.device, base: dict | None
     for name, shape in shapes.items():
         t = torch.randn(shape, generator=g, dtype=torch.float32) * 0.02
         if base is not None:  # a fine-tune: base + a small delta
-            t = base[name].float() + 0.1 * t
+            t = base[name].float().cpu() + 0.1 * t
         state[name] = t.to(torch.bfloat16).to(device)
     return state
 

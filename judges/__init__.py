@@ -9,9 +9,9 @@
     verdicts = judge.judge([JudgeItem("q1", prompt, gold, answer, "safe"), ...])
     rates = win_tie_rates(verdicts)          # per dimension; unparseable/failed items counted apart
 
-Backends (registered by name): `rubric` (offline heuristic baseline) and `openai` (any
-OpenAI-compatible endpoint). A vLLM in-cluster judge backend is not built yet: it would
-register in `judges.base` and reuse `judges.pairwise` with an engine-backed `complete`.
+Backends (registered by name): `rubric` (offline heuristic baseline), `openai` (any
+OpenAI-compatible endpoint) and `vllm` (a judge model run by a vLLM engine in the cluster,
+tensor-parallel when large).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from judges.base import JUDGES, Judge, get_judge_factory, judge_backends, regist
 from judges.cache import CachedJudge, VerdictCache, cache_key
 from judges.eval_set import EvalItem, EvalSet, EvalSetError, load_eval_set
 from judges.config import (
-    JudgeConfig, JudgeConfigError, JudgingConfig, OpenAIJudgeConfig, RubricJudgeConfig, parse_judge_config,
+    JudgeConfig, JudgeConfigError, JudgingConfig, OpenAIJudgeConfig, RubricJudgeConfig, VLLMJudgeConfig,
+    parse_judge_config,
     parse_judging_config,
 )
 from judges.metrics import (
@@ -33,7 +34,7 @@ from judges.rubric import CATEGORIES, DEFAULT_RUBRIC, Category, DimensionSpec, R
 from judges.verdicts import JudgeItem, Order, Outcome, Verdict, VerdictStatus
 
 
-def build_judge(config: JudgingConfig | RubricJudgeConfig | OpenAIJudgeConfig, rubric: Rubric = DEFAULT_RUBRIC) -> Judge:
+def build_judge(config: JudgingConfig | RubricJudgeConfig | OpenAIJudgeConfig | VLLMJudgeConfig, rubric: Rubric = DEFAULT_RUBRIC) -> Judge:
     """A judge for the config, wrapped in the verdict cache when a `JudgingConfig` names one."""
     judge_cfg = config.judge if isinstance(config, JudgingConfig) else config
     judge = get_judge_factory(judge_cfg.backend)(judge_cfg, rubric)
@@ -46,7 +47,7 @@ __all__ = [
     "EvalItem", "EvalSet", "EvalSetError", "load_eval_set",
     "CATEGORIES", "DEFAULT_RUBRIC", "JUDGES", "WTR", "CachedJudge", "Category", "ConfidenceInterval", "DimensionSpec",
     "Judge", "JudgeConfig", "JudgeConfigError", "JudgeItem", "JudgeTransportError", "JudgingConfig",
-    "OpenAIJudgeConfig", "Order", "Outcome", "ParseError", "Rubric", "RubricJudgeConfig", "Verdict", "VerdictCache",
+    "OpenAIJudgeConfig", "Order", "Outcome", "ParseError", "Rubric", "RubricJudgeConfig", "VLLMJudgeConfig", "Verdict", "VerdictCache",
     "VerdictStatus", "assign_order", "bootstrap_wtr", "build_judge", "build_messages", "cache_key", "combine_orders",
     "get_judge_factory", "judge_backends", "judge_pairwise", "label_to_outcome", "neutralise",
     "paired_bootstrap_diff", "parse_judge_config", "parse_judging_config", "parse_verdict", "register_judge",

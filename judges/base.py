@@ -2,9 +2,7 @@
 
 Like merging/registry.py for merge methods: each backend lives in its own module and
 registers a factory with one `register_judge(...)` call, so the search can build a judge
-from a config without knowing the backends. (A vLLM in-cluster judge backend is planned;
-it would register here and reuse `judges.pairwise` with a `complete` that calls the
-engine.)
+from a config without knowing the backends.
 """
 
 from __future__ import annotations
@@ -63,3 +61,4 @@ def get_judge_factory(backend: str) -> JudgeFactory:
 def _load_builtin_backends() -> None:
     import judges.heuristic  # noqa: F401  (importing registers the backend)
     import judges.openai_judge  # noqa: F401
+    import judges.vllm_judge  # noqa: F401  (imports vLLM only when a judge is built)

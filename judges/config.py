@@ -57,6 +57,8 @@ class OpenAIJudgeConfig(_Base):
     both_orders: bool = Field(True, description="judge each item in both orders (position-bias control)")
     seed: int = Field(0, description="seed of the per-item order when both_orders is false")
     max_tokens: int = Field(512, ge=16)
+    json_schema: bool = Field(False, description="ask the server to constrain replies to the verdict JSON schema "
+                                                 "(response_format json_schema; vLLM and OpenAI support it)")
 
     @field_validator("base_url")
     @classmethod
@@ -76,8 +78,29 @@ class OpenAIJudgeConfig(_Base):
         return v
 
 
-JudgeConfig = Annotated[RubricJudgeConfig | OpenAIJudgeConfig, Field(discriminator="backend")]
-_ADAPTER: TypeAdapter[RubricJudgeConfig | OpenAIJudgeConfig] = TypeAdapter(JudgeConfig)
+class VLLMJudgeConfig(_Base):
+    """A judge model run by a vLLM engine in this process (or a Ray actor of the search)."""
+
+    backend: Literal["vllm"] = "vllm"
+    model: str = Field(..., min_length=1, description="model folder or hub id of the judge model")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per judge engine (70B-class judges need several)")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="how vLLM spreads tensor-parallel workers; 'ray' on a Ray cluster")
+    dtype: str = "auto"
+    max_model_len: int = Field(4096, ge=256)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache on CPU-only machines (VLLM_CPU_KVCACHE_SPACE)")
+    trust_remote_code: bool = False
+    guided_json: bool = Field(True, description="constrain replies to the verdict JSON schema (structured outputs)")
+    batch_size: int = Field(64, ge=1, le=4096, description="judgements generated together")
+    both_orders: bool = True
+    seed: int = 0
+    parse_retries: int = Field(1, ge=0, le=5)
+    max_tokens: int = Field(256, ge=16)
+
+
+JudgeConfig = Annotated[RubricJudgeConfig | OpenAIJudgeConfig | VLLMJudgeConfig, Field(discriminator="backend")]
+_ADAPTER: TypeAdapter[RubricJudgeConfig | OpenAIJudgeConfig | VLLMJudgeConfig] = TypeAdapter(JudgeConfig)
 
 
 class JudgingConfig(_Base):
@@ -90,12 +113,13 @@ class JudgingConfig(_Base):
 def _format(e: ValidationError, prefix: str) -> str:
     parts = []
     for err in e.errors(include_input=False):
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("rubric", "openai") or len(err["loc"]) == 1)
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("rubric", "openai", "vllm") or len(err["loc"]) == 1)
         parts.append(f"{prefix}{'.' + loc if loc else ''}: {err['msg']}")
     return "; ".join(parts)
 
 
-def parse_judge_config(data: dict[str, Any], *, prefix: str = "judge") -> RubricJudgeConfig | OpenAIJudgeConfig:
+def parse_judge_config(data: dict[str, Any], *,
+                       prefix: str = "judge") -> RubricJudgeConfig | OpenAIJudgeConfig | VLLMJudgeConfig:
     """Validate one judge config dict; JudgeConfigError names the field."""
     try:
         return _ADAPTER.validate_python(data)

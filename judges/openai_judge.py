@@ -19,16 +19,15 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
 from judges.base import register_judge
 from judges.config import JudgeConfigError, OpenAIJudgeConfig
-from judges.pairwise import JudgeTransportError, judge_pairwise
-from judges.prompt import Message, assign_order
+from judges.pairwise import JudgeTransportError, item_order, judge_items
+from judges.prompt import Message, verdict_schema
 from judges.rubric import DEFAULT_RUBRIC, Rubric
-from judges.verdicts import JudgeItem, Order, Verdict, VerdictStatus
+from judges.verdicts import JudgeItem, Order, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class OpenAIJudge:
         self.config = config
         self.rubric = rubric
         orders = "both" if config.both_orders else f"random(seed={config.seed})"
-        self.identity = f"openai:{config.base_url}:{config.model}:orders={orders}"
+        self.identity = f"openai:{config.base_url}:{config.model}:orders={orders}" + (":schema" if config.json_schema else "")
         key: str | None = None
         if config.api_key_env is not None:
             key = os.environ.get(config.api_key_env)
@@ -57,7 +56,7 @@ class OpenAIJudge:
         return f"OpenAIJudge(base_url={c.base_url!r}, model={c.model!r}, api_key_env={c.api_key_env!r})"
 
     def order_for(self, item: JudgeItem) -> Order:
-        return Order.BOTH if self.config.both_orders else assign_order(item.item_id, self.config.seed)
+        return item_order(item, both_orders=self.config.both_orders, seed=self.config.seed)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -83,13 +82,17 @@ class OpenAIJudge:
                 pass
         return delay * random.uniform(0.5, 1.0)  # jitter spreads a thread pool's retries
 
-    def complete(self, messages: list[Message]) -> tuple[str | None, int]:
+    def complete(self, messages: list[Message], dimensions: tuple[str, ...] = ()) -> tuple[str | None, int]:
         """One chat completion with bounded retries; JudgeTransportError when none succeeded."""
         c = self.config
+        extra = {}
+        if c.json_schema and dimensions:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "verdict", "strict": True, "schema": verdict_schema(dimensions)}}
         for attempt in range(c.max_retries + 1):
             try:
                 resp = self._client.chat.completions.create(model=c.model, messages=messages,  # type: ignore[arg-type]
-                                                            temperature=0.0, max_tokens=c.max_tokens)
+                                                            temperature=0.0, max_tokens=c.max_tokens, **extra)
             except _RETRYABLE as e:
                 msg = self._describe(e)
                 if attempt == c.max_retries:
@@ -106,24 +109,11 @@ class OpenAIJudge:
             return content, attempt + 1
         raise AssertionError("unreachable")
 
-    def _judge_one(self, item: JudgeItem) -> Verdict:
-        try:
-            v = judge_pairwise(item, self.complete, self.rubric, judge_name=self.identity,
-                               both_orders=self.config.both_orders, seed=self.config.seed,
-                               parse_retries=self.config.parse_retries)
-        except Exception as e:  # noqa: BLE001  (last line of defence: one item never sinks the batch)
-            v = Verdict(item.item_id, item.category, VerdictStatus.FAILED, order=self.order_for(item),
-                        judge=self.identity, error=self._scrub(f"internal error: {type(e).__name__}: {e}"))
-        if not v.ok:
-            log.warning("judge verdict for item %s is %s: %s", item.item_id, v.status.value, v.error)
-        return v
-
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        if not items:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(items)),
-                                thread_name_prefix="openai-judge") as pool:
-            return list(pool.map(self._judge_one, items))
+        c = self.config
+        return judge_items(items, self.complete, self.rubric, judge_name=self.identity, both_orders=c.both_orders,
+                           seed=c.seed, parse_retries=c.parse_retries, workers=self.config.concurrency,
+                           thread_prefix="openai-judge", scrub=self._scrub)
 
     def close(self) -> None:
         self._client.close()

@@ -2,8 +2,7 @@
 
 Backend-independent: a backend supplies only `complete(messages) -> (reply, requests)`
 and raises `JudgeTransportError` when it could not get a reply (after its own bounded
-transport retries). The OpenAI backend uses this today; a vLLM in-cluster judge would
-plug in the same way.
+transport retries). The openai and vllm backends both use it.
 
 Both-orders rule (position-bias control). With `both_orders`, each item is judged with
 the candidate as A and again with the candidate as B; the two candidate-vs-gold
@@ -20,7 +19,9 @@ If either order fails or stays unparseable, the whole item is reported with that
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from judges.parse import Label, ParseError, parse_verdict
 from judges.prompt import Message, assign_order, build_messages, repair_message
@@ -28,6 +29,10 @@ from judges.rubric import Rubric
 from judges.verdicts import JudgeItem, Order, Outcome, Verdict, VerdictStatus
 
 Complete = Callable[[list[Message]], tuple[str | None, int]]
+#: A backend's request function: messages and the dimensions the verdict must hold.
+CompleteFor = Callable[[list[Message], tuple[str, ...]], tuple[str | None, int]]
+
+log = logging.getLogger(__name__)
 
 
 class JudgeTransportError(RuntimeError):
@@ -108,3 +113,33 @@ def judge_pairwise(item: JudgeItem, complete: Complete, rubric: Rubric, *, judge
     combined = results[0] if len(results) == 1 else {d: combine_orders(results[0][d], results[1][d]) for d in results[0]}
     return Verdict(item.item_id, item.category, VerdictStatus.OK, combined, order=recorded, judge=judge_name,
                    attempts=attempts)
+
+
+def item_order(item: JudgeItem, *, both_orders: bool, seed: int) -> Order:
+    return Order.BOTH if both_orders else assign_order(item.item_id, seed)
+
+
+def judge_items(items: Sequence[JudgeItem], complete: CompleteFor, rubric: Rubric, *, judge_name: str,
+                both_orders: bool, seed: int, parse_retries: int, workers: int, thread_prefix: str,
+                scrub: Callable[[str], str] = str) -> list[Verdict]:
+    """Every item judged on a thread pool (HTTP judges wait on the network; the vLLM judge
+    batches the threads' requests). An unexpected error fails that one item as a counted
+    FAILED verdict, never the batch; `scrub` cleans error text (API keys) before it is kept."""
+
+    def one(item: JudgeItem) -> Verdict:
+        try:
+            dims = rubric.applicable(item.category)
+            v = judge_pairwise(item, lambda messages: complete(messages, dims), rubric, judge_name=judge_name,
+                               both_orders=both_orders, seed=seed, parse_retries=parse_retries)
+        except Exception as e:  # noqa: BLE001  (last line of defence: one item never sinks the batch)
+            v = Verdict(item.item_id, item.category, VerdictStatus.FAILED,
+                        order=item_order(item, both_orders=both_orders, seed=seed), judge=judge_name,
+                        error=scrub(f"internal error: {type(e).__name__}: {e}"))
+        if not v.ok:
+            log.warning("judge verdict for item %s is %s: %s", item.item_id, v.status.value, v.error)
+        return v
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix=thread_prefix) as pool:
+        return list(pool.map(one, items))

@@ -87,3 +87,12 @@ def repair_message(reason: str, dimensions: tuple[str, ...]) -> Message:
     return {"role": "user", "content": (
         f"Your reply could not be read ({reason}). Reply with only one JSON object with the keys {keys}, "
         'each set to "A", "B" or "tie".')}
+
+
+def verdict_schema(dimensions: tuple[str, ...]) -> dict:
+    """JSON schema of a verdict, for engines that can constrain decoding to it.
+
+    Constrained decoding makes a small or weak judge's replies always parseable; it does
+    not make them right, which is why the label set still includes "tie"."""
+    return {"type": "object", "additionalProperties": False, "required": list(dimensions),
+            "properties": {d: {"type": "string", "enum": ["A", "B", "tie"]} for d in dimensions}}

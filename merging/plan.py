@@ -138,15 +138,19 @@ def parse_plan(data: Any, source: str = "<plan>") -> MergePlan:
         raise PlanError(f"{source}: merge_method: {err.args[0]}") from None
 
 
+def read_yaml(path: Path, error: type[Exception]) -> Any:
+    """A YAML file's content; a missing file or broken YAML raises `error` naming the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
 def load_plan(path: str | Path) -> MergePlan:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such file") from None
-    except yaml.YAMLError as err:
-        raise PlanError(f"{path}: not valid YAML: {err}") from None
-    plan = parse_plan(data, str(path))
+    plan = parse_plan(read_yaml(path, PlanError), str(path))
     # A relative model path is looked up next to the config file first, then in the cwd.
     return plan.model_copy(update={
         "models": [m.model_copy(update={"model": _resolve(path.parent, m.model)}) for m in plan.models],

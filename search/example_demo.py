@@ -1,8 +1,10 @@
-"""The default command until the search lands: every merge method on the real example model.
+"""The default command until the search lands: every merge method on the real example family.
 
-Loads the example family once into a resident `Merger` (as a search worker will), merges
-one plan per registered method in memory, times each, writes one merged model folder and
-has transformers answer a few chat prompts with it, next to the base's answers.
+Prepares (once) the base and its DPO/KTO/ORPO variants, loads them once into a resident
+`Merger` (as a search worker will), merges one plan per registered method in memory,
+times each, writes one merged model folder (alignment SLERP of the DPO and KTO variants,
+as in the heterogeneous-soups study) and has transformers answer a few chat prompts with
+the base, the variants and the merge side by side.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from merging import Merger, method_names, parse_plan, write_model
-from search.example_family import prepare_example
+from merging import METHODS, Merger, method_names, parse_plan, write_model
+from search.example_family import VARIANTS, prepare_example
 
 PROMPTS = ("What is the capital of France?", "Give me one tip for sleeping better.")
 
@@ -39,9 +41,12 @@ _PER_METHOD_PARAMS: dict[str, tuple[dict, dict]] = {
 
 
 def example_plan(method: str, base: str, variants: list[str]) -> dict:
-    """A plan dict for `method` over the example family (defaults for unlisted methods)."""
+    """A plan dict for `method` over the example family (defaults for unlisted methods).
+
+    Methods that take at most k sources (slerp: 1; alignment_slerp, nuslerp: 2) get the
+    first k variants; the rest merge all of them."""
     model_params, shared = _PER_METHOD_PARAMS.get(method, ({}, {}))
-    sources = variants[:1] if method == "slerp" else variants
+    sources = variants[:METHODS[method].max_models or len(variants)]
     models = [{"model": v, "parameters": dict(model_params)} for v in sources]
     if method in ("linear", "karcher"):
         models.insert(0, {"model": base, "parameters": dict(model_params)})
@@ -62,12 +67,16 @@ def answer(model_dir: Path, prompts: tuple[str, ...], max_new_tokens: int = 40) 
     return answers
 
 
-def run_example(data_dir: Path, out_dir: Path, threads: int | None = None) -> int:
+def run_example(data_dir: Path, out_dir: Path, train_steps: int | None = None,
+                methods: list[str] | None = None) -> int:
+    """Merge the example family with every method (or `methods`); torch's thread count is set by the caller."""
     console = Console()
-    if threads:
-        torch.set_num_threads(threads)
-    paths = prepare_example(data_dir)
-    base, variants = "base", [k for k in paths if k != "base"]
+    unknown = sorted(set(methods or []) - set(method_names()))
+    if unknown:
+        console.print(f"[red]error[/red]: unknown method(s) {unknown}; known: {', '.join(method_names())}")
+        return 2
+    paths = prepare_example(data_dir, steps=train_steps, profile=False, console=console)  # behaviour: prepare-example
+    base, variants = "base", list(VARIANTS)
     started = time.perf_counter()
     merger = Merger({k: str(v) for k, v in paths.items()}, base="base", device="cpu", resident=True)
     console.print(f"loaded {len(paths)} models ({merger.source_bytes() / 1e6:.0f} MB) "
@@ -77,7 +86,7 @@ def run_example(data_dir: Path, out_dir: Path, threads: int | None = None) -> in
         table.add_column(col)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method in method_names():
+    for method in methods or method_names():
         plan = parse_plan(example_plan(method, base, variants), f"example plan for {method}")
         t0 = time.perf_counter()
         merged = merger.merge_to_dict(plan)
@@ -97,9 +106,12 @@ def run_example(data_dir: Path, out_dir: Path, threads: int | None = None) -> in
     plan = parse_plan(example_plan("alignment_slerp", base, variants), "alignment_slerp example")
     merged_dir = write_model(merger.merge(plan), out_dir / "merged-alignment_slerp", base_dir=paths["base"],
                              dtype=torch.bfloat16, force=True)
-    for label, folder in (("base", paths["base"]), ("alignment_slerp t=0.5", merged_dir)):
-        for prompt, text in zip(PROMPTS, answer(folder, PROMPTS)):
-            console.print(f"[bold]{label}[/bold] · {prompt}\n  → {text}")
+    merged_label = f"alignment_slerp({variants[0]}, {variants[1]}) t=0.5"
+    answers = {label: answer(folder, PROMPTS) for label, folder in
+               [*((n, paths[n]) for n in (base, *variants)), (merged_label, merged_dir)]}
+    for i, prompt in enumerate(PROMPTS):
+        console.print(f"\n[bold]{prompt}[/bold]")
+        for label, texts in answers.items():
+            console.print(f"  [cyan]{label}[/cyan] → {texts[i]}")
     console.print(f"\nfiles: {out_dir / 'merge_timings.csv'}, {merged_dir}")
-    console.print("The variants are seeded stand-ins until the DPO/KTO/ORPO family and the search land.")
     return 0

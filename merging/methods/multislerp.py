@@ -9,6 +9,10 @@ multislerp (barycentric interpolation on the hypersphere; Goddard): with x_i the
 (task) tensors, u_i = x_i/‖x_i‖ and normalised weights w_i,
     m = Σ w_i u_i / ‖Σ w_i u_i‖,   g = Σ w_i (u_i − ⟨u_i,m⟩ m)   (tangent space at m)
     θ = (m cos‖g‖ + g sin‖g‖/‖g‖) · Σ w_i ‖x_i‖   (+ θ_base when a base is given)
+Where Σ w_i u_i vanishes (e.g. two fine-tunes moved one norm element by ±1 bf16 ulp and a
+third left it alone) the mean direction m is undefined; like SLERP's collinear case this
+falls back to the Euclidean barycentre θ = Σ w_i x_i (+ θ_base). mergekit returns ≈ θ_base
+there (its m is 0/ε); both agree whenever the moves cancel exactly.
 """
 
 import math
@@ -91,12 +95,11 @@ def multislerp(
     if normalize_weights:
         w = w / w.sum()
     norms = gram.diagonal().clamp(min=0).sqrt()
+    if float(norms.max()) < eps:  # no source moved this tensor (a frozen layer): nothing to merge
+        return base.clone() if base is not None else torch.zeros_like(xs[0])
     a = w / (norms + eps)                      # Σ w_i u_i = Σ a_i x_i
     mean_norm = float(a @ gram @ a) ** 0.5
-    if mean_norm < eps:
-        if n != 2:
-            raise ValueError("multislerp: the weighted sum of the unit tensors is zero "
-                             "(antipodal inputs with balancing weights); change the weights")
+    if mean_norm < eps:  # the unit directions cancel: no mean direction, use the barycentre
         coef = w
     else:
         mu = a / mean_norm                      # m = Σ μ_i x_i

@@ -1,0 +1,197 @@
+"""The experiment config: models, search space, sampler, workers, serving, judge, eval set.
+
+Validated with pydantic when loaded, before any model is touched: an error names the
+field (`space.density: ...`), so a typo costs seconds, not a cluster hour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from judges.config import JudgingConfig
+from merging.plan import read_yaml
+from merging.registry import method_names
+from serving.base import EngineSettings, GenerationSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+DIMENSIONS = ("safety", "factuality", "linguistic_correctness", "conciseness", "proactivity",
+              "false_rejection", "false_acceptance")
+MODULES = ("attn", "mlp", "norm", "embed", "lm_head")
+GRID_METHODS = frozenset({"linear", "slerp", "alignment_slerp", "nuslerp", "multislerp"})
+
+
+class SearchConfigError(ValueError):
+    """The config is invalid; the message names every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Strict):
+    """`example: true` uses the bundled family from `run_search.py prepare-example`."""
+
+    example: bool = False
+    base: str | None = None
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ModelsConfig":
+        if self.example:
+            if self.base or self.sources:
+                raise ValueError("give either example: true or base + sources, not both")
+            return self
+        if not self.base:
+            raise ValueError("base: the base (SFT) model folder is required (or example: true)")
+        if len(self.sources) < 2:
+            raise ValueError(f"sources: at least 2 fine-tuned models are needed, got {len(self.sources)}")
+        if "base" in self.sources:
+            raise ValueError("sources: 'base' is reserved for the base model; rename that source")
+        return self
+
+
+class Range(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must be ≤ high ({self.high})")
+        return self
+
+
+class LayerCurve(_Strict):
+    """A multiplier across depth: `knots` values interpolated over the layers
+    (mergekit gradient semantics), or one free value per layer with `per_layer`."""
+
+    knots: int = Field(3, ge=2, le=64)
+    per_layer: bool = False
+    range: Range = Field(default_factory=lambda: Range(low=0.5, high=1.5))
+
+
+class ModuleMultipliers(_Strict):
+    modules: list[Literal["attn", "mlp", "norm", "embed", "lm_head"]] = Field(default_factory=lambda: ["attn", "mlp"])
+    range: Range = Field(default_factory=lambda: Range(low=0.5, high=1.5))
+
+
+class SpaceConfig(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["linear", "task_arithmetic", "ties", "dare_ties",
+                                                        "alignment_slerp", "tsvm"], min_length=1)
+    weights: Literal["simplex", "equal"] = "simplex"
+    scale: Range = Field(default_factory=lambda: Range(low=0.5, high=1.5),
+                         description="λ of task-vector methods (task arithmetic's scaling)")
+    density: Range = Field(default_factory=lambda: Range(low=0.1, high=1.0))
+    t: Range = Field(default_factory=lambda: Range(low=0.0, high=1.0), description="SLERP position")
+    layer_curve: LayerCurve | None = None
+    module_multipliers: ModuleMultipliers | None = None
+    grid_lambdas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75],
+                                      description="λ values of the grid sampler (the heterogeneous-soups grid)")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in method_names()]
+        if unknown:
+            raise ValueError(f"unknown merge method(s) {unknown}; known: {', '.join(method_names())}")
+        return methods
+
+
+class SearchSettings(_Strict):
+    strategy: Literal["optuna", "uniform_soup", "greedy_soup"] = Field(
+        "optuna", description="optuna: the multi-objective search; uniform_soup / greedy_soup: the model-soups "
+                              "baselines (Wortsman et al.) on the same evaluation")
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    n_trials: int = Field(24, ge=1)
+    seed: int = 0
+    objectives: list[str] = Field(default_factory=lambda: ["safety", "factuality", "conciseness", "proactivity"],
+                                  min_length=1)
+    constraints: list[str] = Field(default_factory=list,
+                                   description='e.g. "safety>=best_source" or "factuality>=0.5"; violating '
+                                               'trials stay in the results but not on the front')
+    trial_retries: int = Field(1, ge=0, le=5, description="re-runs of a trial whose worker died")
+
+    @field_validator("objectives")
+    @classmethod
+    def _dims(cls, objectives: list[str]) -> list[str]:
+        bad = [o for o in objectives if o not in DIMENSIONS]
+        if bad:
+            raise ValueError(f"unknown objective(s) {bad}; dimensions are {', '.join(DIMENSIONS)}")
+        return objectives
+
+
+class WorkersConfig(_Strict):
+    count: int = Field(1, ge=1)
+    cpus: float = Field(2, gt=0, description="CPUs per merge worker")
+    gpus: float = Field(0, ge=0, description="GPUs per merge worker (a fraction shares one GPU)")
+    judges: int = Field(1, ge=1, description="judge actors")
+
+
+class ServingConfig(_Strict):
+    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+
+class EvalConfig(_Strict):
+    set: str = Field("soupsearch-eval-v1", description="bundled name or a JSONL/CSV/Parquet path")
+    subset: int | None = Field(None, ge=1, description="stratified sample of this many items (seeded)")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    dir: str = Field("runs", description="experiments are written to DIR/NAME")
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite file in the experiment folder")
+    ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a running cluster")
+
+
+class SearchConfig(_Strict):
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    models: ModelsConfig
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    judging: JudgingConfig = Field(default_factory=JudgingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _grid_is_lambda_only(self) -> "SearchConfig":
+        if self.search.sampler == "grid":
+            extra = [m for m in self.space.methods if m not in GRID_METHODS]
+            if extra:
+                raise ValueError(f"search.sampler grid sweeps λ only; space.methods {extra} have other parameters "
+                                 f"(grid methods: {', '.join(sorted(GRID_METHODS))})")
+            if self.space.layer_curve is not None:
+                raise ValueError("search.sampler grid sweeps one λ per merge; remove space.layer_curve")
+        return self
+
+    def experiment_dir(self, root: Path = ROOT) -> Path:
+        path = Path(self.experiment.dir)
+        return (path if path.is_absolute() else root / path) / self.experiment.name
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return f"{source}: invalid config\n" + "\n".join(lines)
+
+
+def parse_search_config(data: Any, source: str = "<config>") -> SearchConfig:
+    if not isinstance(data, dict):
+        raise SearchConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as err:
+        raise SearchConfigError(format_errors(err, source)) from None
+
+
+def load_search_config(path: str | Path) -> SearchConfig:
+    path = Path(path)
+    return parse_search_config(read_yaml(path, SearchConfigError), str(path))

@@ -1,0 +1,397 @@
+"""The search driver: Ray up, workers and judges placed, references scored, Tune + Optuna run.
+
+Trials are tiny Tune function trainables (a thousandth of a CPU) that lease a MergeWorker
+from a Ray queue, so the number of workers sets the concurrency. Optuna proposes through
+`OptunaSearch(space=<define-by-run fn>, metric=[...], mode=[...])` — the lists go on the
+searcher, not on TuneConfig — with its study in RDB storage (SQLite in the experiment
+folder by default) so optuna-dashboard can show the front. A callback rewrites the
+result files and prints the current front after every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from rich.console import Console
+
+from judges import JudgeItem, load_eval_set
+from merging import ModelFolder
+from search.config import SearchConfig
+from search.constraints import Constraint, parse_constraint
+from search.metrics import ObjectiveGauges
+from search.results import front_table, read_references, write_plan, write_references, write_results
+from search.scoring import conversations, mean_diff, score
+from search.soups import greedy_soup, soup_plan, soup_score
+from search.space import grid_points, suggest_plan
+from search.workers import RUNTIME_ENV, JudgeActor, MergeWorker
+
+console = Console()
+
+
+@dataclass
+class Context:
+    """What every trial needs, in plain picklable data (Tune ships it to trial processes)."""
+
+    prompts: list[list[dict[str, str]]]
+    items: list[dict[str, str]]
+    objectives: list[str]
+    sources: list[str]
+    references: dict[str, dict[str, float]]
+    generation: dict[str, Any]
+    queue: Any
+    judges: list[str]
+    namespace: str
+    retries: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_models(config: SearchConfig) -> tuple[dict[str, str], list[str]]:
+    """Model keys → folders, and the source keys (everything but "base")."""
+    if config.models.example:
+        from search.example_family import prepare_example
+
+        paths = {k: str(v) for k, v in prepare_example().items()}
+    else:
+        paths = {"base": config.models.base, **config.models.sources}
+    missing = [f"{k}: {p}" for k, p in paths.items() if not (Path(p) / "config.json").exists()]
+    if missing:
+        raise FileNotFoundError("model folders without config.json: " + "; ".join(missing))
+    return paths, [k for k in paths if k != "base"]
+
+
+def _lease_and_run(ctx: Context, target: dict[str, Any] | str) -> dict[str, Any]:
+    """Run on a free worker; a worker that dies mid-trial is retried on the next free one."""
+    last_error = ""
+    for _ in range(ctx.retries + 1):
+        name = ctx.queue.get(block=True)
+        try:
+            worker = ray.get_actor(name, namespace=ctx.namespace)
+            return ray.get(worker.run.remote(target, ctx.prompts, ctx.generation))
+        except (ray.exceptions.RayActorError, ValueError) as err:
+            last_error = f"worker {name} lost: {type(err).__name__}: {str(err)[:200]}"
+        finally:
+            ctx.queue.put(name)
+    return {"error": last_error}
+
+
+def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float]:
+    items = [JudgeItem(i["id"], i["prompt"], i["gold"], a, i["category"]) for i, a in zip(ctx.items, answers)]
+    judge = ray.get_actor(ctx.judges[hash(key) % len(ctx.judges)], namespace=ctx.namespace)
+    verdicts, judge_s = ray.get(judge.judge_items.remote(items))
+    return score(verdicts, ctx.objectives), judge_s
+
+
+def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
+    """Merge → swap → generate on a leased worker, then judge: one result row's metrics.
+
+    Never raises for a bad plan, a lost worker or a failing judge: the row says `failed`
+    and why, so whatever strategy asked for it goes on."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {o: math.nan for o in ctx.objectives}
+    result |= {"method": plan["merge_method"], "status": "failed", "error": ""}
+    run = _lease_and_run(ctx, plan)
+    if "error" in run:
+        result["error"] = run["error"]
+    else:
+        try:
+            metrics, judge_s = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
+            result |= metrics | mean_diff(metrics, ctx.references, ctx.sources)
+            result |= {k: run[k] for k in ("merge_s", "swap_s", "generate_s", "empty_answers")}
+            result["judge_s"] = judge_s
+            missing = [o for o in ctx.objectives if math.isnan(metrics[o])]
+            result["status"] = "ok" if not missing else "failed"
+            if missing:
+                result["error"] = f"no verdict could be scored on {missing} (judge failures: " \
+                                  f"{metrics['judge_failed']}, unparseable: {metrics['judge_unparseable']})"
+        except Exception as err:  # noqa: BLE001  (judge actor crashed: record, keep searching)
+            result["error"] = f"judging failed: {type(err).__name__}: {str(err)[:300]}"
+    result["trial_s"] = time.perf_counter() - started
+    return result
+
+
+def make_trainable(ctx: Context):
+    def soupsearch_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        tune.report(evaluate_plan(ctx, config["plan"]))
+
+    return soupsearch_trial
+
+
+@dataclass
+class PlanSpace:
+    """The define-by-run space as a picklable object (Tune checkpoints the searcher with it)."""
+
+    space: Any
+    sources: list[str]
+    base: str
+    n_layers: int
+    pairwise: bool = False
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        # The Optuna trial number names the trial everywhere (files, tables): it is unique
+        # across resumed runs of one study, unlike Tune's per-run trial ids.
+        return {"plan": suggest_plan(trial, self.space, self.sources, self.base, self.n_layers,
+                                     pairwise=self.pairwise), "trial_number": trial.number}
+
+
+def make_searcher(base: type) -> type:
+    """OptunaSearch that records a trial with NaN objectives (failed, nothing scored) as
+    FAIL in the study. Stock OptunaSearch tells Optuna COMPLETE with the NaN values,
+    Optuna refuses them, and the trial stays RUNNING in the storage forever."""
+
+    class FailureAwareOptunaSearch(base):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            if result is not None and any(not _finite(result.get(m)) for m in metrics):
+                result, error = None, True
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return FailureAwareOptunaSearch
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def make_sampler(config: SearchConfig, sources: list[str]):
+    import optuna
+
+    s = config.search
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's `group`
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    points = grid_points(config.space, sources)
+    grid = {k: sorted({p[k] for p in points}, key=str) for k in points[0]}
+    return optuna.samplers.GridSampler(grid, seed=s.seed)
+
+
+class ResultsCallback:
+    """Tune callback: one row per finished trial, files rewritten, front printed."""
+
+    def __init__(self, exp_dir: Path, ctx: Context, constraints: list[Constraint], rows: list[dict[str, Any]]):
+        self.exp_dir, self.ctx, self.constraints = exp_dir, ctx, constraints
+        self.rows = rows
+        self.gauges = ObjectiveGauges(exp_dir.name)
+
+    def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        number = int(config["trial_number"])
+        params = {k: v for k, v in config.items() if k not in ("plan", "trial_number")}
+        row = {"trial_number": number, "trial_id": trial_id, "params": json.dumps(params, sort_keys=True)}
+        row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config",)}
+        self.rows.append(row)
+        write_plan(self.exp_dir, number, config["plan"])
+        front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
+        self.gauges.update(self.rows, front, self.ctx.objectives)
+        status = "ok" if row.get("status") == "ok" else f"[red]failed[/red]: {row.get('error', '')[:160]}"
+        console.print(f"trial {number} ({row.get('method')}) {status}")
+        console.print(front_table(self.rows, front, self.ctx.references, self.ctx.objectives,
+                                  f"Pareto front after {len(self.rows)} trials"))
+
+
+def _tune_callback(recorder: ResultsCallback):
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            recorder.record(trial.trial_id, trial.config, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            recorder.record(trial.trial_id, trial.config, {"status": "failed", "method": trial.config["plan"][
+                "merge_method"], "error": f"trial process error: {trial.error_file or 'see Ray logs'}"})
+
+    return _Callback()
+
+
+def start_ray(config: SearchConfig) -> None:
+    if ray.is_initialized():
+        return
+    if config.experiment.ray_address:
+        ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
+        return
+    w = config.workers
+    # Logical CPUs: the workers' share plus room for judge actors and the light trials.
+    ray.init(num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
+             include_dashboard=False, log_to_driver=False)
+
+
+def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False) -> Path:
+    """Run (or with `resume`, continue) the search; returns the experiment folder.
+
+    Resuming keeps every finished trial (rows in trials.parquet, trials in the Optuna
+    study), marks trials that were running when the driver died as failed in the study
+    (their results never arrived) and runs only the trials still missing."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.util.queue import Queue
+
+    exp_dir = exp_dir or config.experiment_dir()
+    if not resume and (exp_dir / "trials.parquet").exists():
+        raise FileExistsError(f"{exp_dir} already holds a search: continue it with --resume {exp_dir}, "
+                              f"or set experiment.name to start a new one")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    models, sources = resolve_models(config)
+    constraints = [parse_constraint(c, list(models)) for c in config.search.constraints]
+    eval_set = load_eval_set(config.eval.set)
+    if config.eval.subset and config.eval.subset < len(eval_set):
+        eval_set = eval_set.subset(config.eval.subset, seed=config.search.seed)
+    with ModelFolder(models["base"]) as base:
+        n_layers = base.n_layers()
+    console.print(f"[bold]soupsearch[/bold] {config.experiment.name}: {len(sources)} sources {sources}, "
+                  f"{len(eval_set)} eval items, {config.search.n_trials} trials ({config.search.sampler}), "
+                  f"{config.workers.count} worker(s) → {exp_dir}")
+
+    start_ray(config)
+    namespace = f"soupsearch-{config.experiment.name}"
+    worker_names = [f"{namespace}-worker-{i}" for i in range(config.workers.count)]
+    engine = config.serving.engine.model_copy(update={"threads": config.serving.engine.threads
+                                                      or max(1, int(config.workers.cpus))})
+    workers = [MergeWorker.options(name=n, namespace=namespace, num_cpus=config.workers.cpus,
+                                   num_gpus=config.workers.gpus).remote(
+        models, "base", config.serving.backend, engine.model_dump()) for n in worker_names]
+    judge_names = [f"{namespace}-judge-{i}" for i in range(config.workers.judges)]
+    judging = config.judging.model_dump(mode="json")
+    if judging.get("cache_path") is None:
+        judging["cache_path"] = str(exp_dir / "verdicts.sqlite")
+    judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1).remote(judging) for n in judge_names]
+    ray.get([w.info.remote() for w in workers] + [j.judge_items.remote([]) for j in judges])
+    queue = Queue()
+    for name in worker_names:
+        queue.put(name)
+
+    items = [{"id": i.id, "prompt": i.prompt, "gold": i.gold, "category": i.category} for i in eval_set]
+    ctx = Context(prompts=conversations(list(eval_set)), items=items, objectives=list(config.search.objectives),
+                  sources=sources, references={}, generation=config.serving.generation.model_dump(), queue=queue,
+                  judges=judge_names, namespace=namespace, retries=config.search.trial_retries)
+    ctx.references = read_references(exp_dir) or score_references(ctx, ["base", *sources])
+    write_references(exp_dir, ctx.references)
+
+    if config.search.strategy != "optuna":
+        return run_soups(config.search.strategy, exp_dir, ctx, constraints, resume=resume)
+    storage_url = config.experiment.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(storage_url)
+    rows = recover_rows(exp_dir, storage, config.experiment.name, ctx.objectives) if resume else []
+    space = PlanSpace(config.space, sources, "base", n_layers, pairwise=config.search.sampler == "grid")
+    searcher = make_searcher(OptunaSearch)(space=space, metric=ctx.objectives, mode=["max"] * len(ctx.objectives),
+                            sampler=make_sampler(config, sources), study_name=config.experiment.name,
+                            storage=storage)
+    n_trials = config.search.n_trials
+    if config.search.sampler == "grid":
+        n_trials = min(n_trials, len(grid_points(config.space, sources)))
+    n_trials -= len(rows)
+    recorder = ResultsCallback(exp_dir, ctx, constraints, rows)
+    if resume:
+        console.print(f"resuming: {len(rows)} finished trials kept, {max(n_trials, 0)} to run")
+    if n_trials <= 0:
+        return _finish(exp_dir, recorder, storage_url, time.perf_counter())
+    run_name = "tune" if not resume else f"tune-resume-{len(list(exp_dir.glob('tune-resume-*'))) + 1}"
+    tuner = tune.Tuner(
+        tune.with_resources(make_trainable(ctx), {"cpu": 0.001}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
+                                    max_concurrent_trials=config.workers.count),
+        run_config=tune.RunConfig(name=run_name, storage_path=str(exp_dir.resolve()), verbose=0,
+                                  callbacks=[_tune_callback(recorder)]),
+    )
+    started = time.perf_counter()
+    tuner.fit()
+    for w in workers:
+        ray.get(w.close.remote())
+    return _finish(exp_dir, recorder, storage_url, started)
+
+
+def run_soups(strategy: str, exp_dir: Path, ctx: Context, constraints: list[Constraint], *,
+              resume: bool = False) -> Path:
+    """The model-soups baselines, evaluated like trials: same workers, judge and files.
+
+    Each soup tried is one row (trial number in order, `params` naming the ingredients);
+    on resume, soups already in trials.parquet are read back instead of re-run."""
+    import pandas as pd
+
+    path = exp_dir / "trials.parquet"
+    rows = pd.read_parquet(path).to_dict("records") if resume and path.exists() else []
+    recorder = ResultsCallback(exp_dir, ctx, constraints, rows)
+    done = {r["params"]: r for r in rows}
+    started = time.perf_counter()
+
+    def evaluate(ingredients: list[str]) -> float:
+        params = json.dumps({"strategy": strategy, "ingredients": ingredients}, sort_keys=True)
+        if params not in done:
+            plan = soup_plan(ingredients, "base")
+            number = len(recorder.rows)
+            result = evaluate_plan(ctx, plan)
+            recorder.record(f"{strategy}-{number}", {"plan": plan, "trial_number": number, "strategy": strategy,
+                                                     "ingredients": ingredients}, result)
+            done[params] = recorder.rows[-1]
+        return soup_score(done[params], ctx.objectives)
+
+    if strategy == "uniform_soup":
+        evaluate(list(ctx.sources))
+    else:
+        source_scores = {s: soup_score(ctx.references[s], ctx.objectives) for s in ctx.sources}
+        soup = greedy_soup(source_scores, evaluate)
+        for tried, value, kept in soup.tried:
+            console.print(f"greedy soup: {'+'.join(tried)} → {value:.3f} {'kept' if kept else 'left out'}")
+        console.print(f"greedy soup: [bold]{' + '.join(soup.ingredients)}[/bold]")
+    return _finish(exp_dir, recorder, "(no Optuna study: soups are not sampled)", started)
+
+
+def _finish(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started: float) -> Path:
+    ctx = recorder.ctx
+    front = write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives, recorder.constraints)
+    console.print(front_table(recorder.rows, front, ctx.references, ctx.objectives,
+                              f"final Pareto front ({len(front)} of {len(recorder.rows)} trials, "
+                              f"{(time.perf_counter() - started) / 60:.1f} min)"))
+    console.print(f"files: {exp_dir / 'trials.parquet'}, {exp_dir / 'pareto.csv'}, {exp_dir / 'pareto.html'}, "
+                  f"{exp_dir / 'hypervolume.csv'}, {exp_dir / 'plans'}/, optuna study {storage_url}")
+    return exp_dir
+
+
+def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[str]) -> list[dict[str, Any]]:
+    """Finished trials of a stopped run: rows from trials.parquet, plus any trial the study
+    completed after the last file write; running trials of the dead driver are failed."""
+    import optuna
+    import pandas as pd
+
+    path = exp_dir / "trials.parquet"
+    rows = pd.read_parquet(path).to_dict("records") if path.exists() else []
+    known = {int(r["trial_number"]) for r in rows}
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return rows
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.RUNNING:
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        elif t.state == optuna.trial.TrialState.COMPLETE and t.number not in known:
+            rows.append({"trial_number": t.number, "method": t.params.get("method"), "status": "ok",
+                         "params": json.dumps(t.params, sort_keys=True), "error": "", "recovered": True,
+                         **dict(zip(objectives, t.values)),
+                         **{f"wtr.{o}": v for o, v in zip(objectives, t.values)}})
+    return rows
+
+
+def score_references(ctx: Context, keys: list[str]) -> dict[str, dict[str, float]]:
+    """Base and every source under the same judge: reference points for plots and constraints."""
+    references = {}
+    for key in keys:
+        run = _lease_and_run(ctx, key)
+        if "error" in run:
+            raise RuntimeError(f"reference model {key!r} could not be evaluated: {run['error']}")
+        metrics, _ = _judge(ctx, run["answers"], key)
+        references[key] = {k: v for k, v in metrics.items() if k.startswith("wtr.")}
+        console.print(f"reference {key}: " + ", ".join(f"{o}={metrics[o]:.3f}" for o in ctx.objectives))
+    return references

@@ -1,0 +1,125 @@
+"""Pick one merge from a finished search and ship it.
+
+    run_search.py export EXP_DIR [--pick knee | --weights safety=2,factuality=1] [--require "safety>=0.9"]
+                                 [--materialize OUT_DIR] [--force]
+
+Candidates are the experiment's Pareto front (feasible under the search's constraints),
+narrowed by `--require`; the pick is the knee (closest to the ideal point after scaling)
+or the best weighted sum. Writes the plan with real model paths as our config and, when
+mergekit has the method, as a mergekit YAML; `--materialize` writes the merged model folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from merging import Merger, get_method, parse_plan, write_model
+from search.config import load_search_config
+from search.constraints import parse_constraint
+from search.driver import resolve_models
+from search.pareto import knee, weighted_pick
+from search.results import front_indices, read_references
+
+# Our additions to mergekit's schema: dropped from the mergekit YAML.
+OURS_ONLY_KEYS = ("seed", "rescale_norm", "lerp_norms")
+
+
+class ExportError(ValueError):
+    """Nothing to export (no finished trials, nothing meets the requirements, bad weights)."""
+
+
+@dataclass
+class Export:
+    trial_number: int
+    scores: dict[str, float]
+    plan_path: Path
+    mergekit_path: Path | None
+    model_dir: Path | None
+
+
+def parse_weights(text: str, objectives: list[str]) -> list[float]:
+    weights = dict.fromkeys(objectives, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() not in weights:
+            raise ExportError(f"--weights: {name.strip()!r} is not an objective of this search ({', '.join(objectives)})")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ExportError(f"--weights: {part!r} is not name=number") from None
+    return [weights[o] for o in objectives]
+
+
+def choose(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()) -> tuple[dict[str, Any], Any]:
+    """The picked trial's row and the experiment config."""
+    config = load_search_config(exp_dir / "config.yaml")
+    objectives = list(config.search.objectives)
+    path = exp_dir / "trials.parquet"
+    if not path.exists():
+        raise ExportError(f"{exp_dir}: no trials.parquet — is this an experiment folder with finished trials?")
+    rows = pd.read_parquet(path).to_dict("records")
+    references = read_references(exp_dir)
+    constraints = [parse_constraint(c, list(references)) for c in [*config.search.constraints, *require]]
+    front = front_indices(rows, objectives, constraints, references)
+    if not front:
+        raise ExportError(f"no finished trial meets {[str(c) for c in constraints] or 'the search'}; "
+                          f"{sum(r.get('status') == 'ok' for r in rows)} of {len(rows)} trials finished")
+    points = [[float(rows[i][o]) for o in objectives] for i in front]
+    pick = weighted_pick(points, parse_weights(weights, objectives)) if weights else knee(points)
+    return rows[front[pick]], config
+
+
+def to_mergekit(plan: dict[str, Any]) -> dict[str, Any] | None:
+    if not get_method(plan["merge_method"]).mergekit:
+        return None
+    out = {k: v for k, v in plan.items() if k not in OURS_ONLY_KEYS}
+    out["parameters"] = {k: v for k, v in plan.get("parameters", {}).items() if k not in OURS_ONLY_KEYS}
+    return out
+
+
+def with_paths(plan: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
+    """Replace the search's model keys by the folders they stand for."""
+    out = dict(plan)
+    if "base_model" in out:
+        out["base_model"] = models[out["base_model"]]
+    out["models"] = [{**m, "model": models[m["model"]]} for m in plan["models"]]
+    return out
+
+
+def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = (), materialize: Path | None = None,
+           force: bool = False) -> Export:
+    row, config = choose(exp_dir, weights=weights, require=require)
+    number = int(row["trial_number"])
+    plan_file = exp_dir / "plans" / f"trial_{number:04d}.yaml"
+    if not plan_file.exists():
+        raise ExportError(f"{plan_file} is missing: the trial's plan was not saved")
+    models, _ = resolve_models(config)
+    plan = with_paths(yaml.safe_load(plan_file.read_text()), models)
+    parse_plan(plan, str(plan_file))
+    out_dir = exp_dir / "export"
+    out_dir.mkdir(exist_ok=True)
+    ours = out_dir / f"trial_{number:04d}.soupsearch.yaml"
+    scores = {o: float(row[o]) for o in config.search.objectives if not math.isnan(float(row[o]))}
+    header = f"# soupsearch export of trial {number} from {exp_dir}\n# scores: {scores}\n"
+    ours.write_text(header + yaml.safe_dump(plan, sort_keys=False))
+    mk = to_mergekit(plan)
+    mk_path = None
+    if mk is not None:
+        mk_path = out_dir / f"trial_{number:04d}.mergekit.yaml"
+        mk_path.write_text(header + yaml.safe_dump(mk, sort_keys=False))
+    model_dir = None
+    if materialize is not None:
+        merged = parse_plan(plan, str(ours))
+        merger = Merger({m: m for m in merged.referenced_models()}, merged.base_model, device="auto", resident=False)
+        try:
+            model_dir = write_model(merger.merge(merged), materialize, base_dir=models["base"], force=force,
+                                    extra_files={"soupsearch_merge.yaml": ours.read_text()})
+        finally:
+            merger.close()
+    return Export(number, scores, ours, mk_path, model_dir)

@@ -1,0 +1,134 @@
+"""The experiment folder's result files, rewritten after every trial (nothing lost on a crash).
+
+    trials.parquet / trials.csv   one row per finished trial: params, every WTR, timings, status
+    references.csv                base and each source under the same judge
+    pareto.csv                    the non-dominated feasible trials on the objectives
+    pareto.html                   2-D projections of the front, reference models marked
+    hypervolume.csv               hypervolume of the front after each trial
+    plans/trial_NNNN.yaml         each trial's merge plan (mergekit schema)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from rich.table import Table
+
+from search.constraints import Constraint, feasible
+from search.pareto import hypervolume, non_dominated
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def front_indices(rows: Sequence[dict[str, Any]], objectives: Sequence[str], constraints: Sequence[Constraint],
+                  references: dict[str, dict[str, float]]) -> list[int]:
+    ok = [i for i, r in enumerate(rows) if r.get("status") == "ok" and feasible(r, constraints, references)]
+    points = [[float(rows[i].get(o, math.nan)) for o in objectives] for i in ok]
+    return [ok[j] for j in non_dominated(points)]
+
+
+def write_results(exp_dir: Path, rows: list[dict[str, Any]], references: dict[str, dict[str, float]],
+                  objectives: Sequence[str], constraints: Sequence[Constraint]) -> list[int]:
+    """Rewrite every result file from `rows`; returns the front's row indices."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("plan", "answers")} for r in rows])
+    if not table.empty:
+        table = table.sort_values("trial_number", kind="stable")
+        _atomic_write(exp_dir / "trials.parquet", lambda p: table.to_parquet(p, index=False))
+        _atomic_write(exp_dir / "trials.csv", lambda p: table.to_csv(p, index=False))
+    front = front_indices(rows, objectives, constraints, references)
+    pareto = table.iloc[0:0] if not front else pd.DataFrame(
+        [{k: v for k, v in rows[i].items() if k not in ("plan", "answers")} for i in front])
+    _atomic_write(exp_dir / "pareto.csv", lambda p: pareto.to_csv(p, index=False))
+    _write_hypervolume(exp_dir, rows, objectives, constraints, references)
+    _write_html(exp_dir / "pareto.html", rows, front, references, objectives)
+    return front
+
+
+def write_references(exp_dir: Path, references: dict[str, dict[str, float]]) -> None:
+    frame = pd.DataFrame([{"model": k, **v} for k, v in references.items()])
+    _atomic_write(exp_dir / "references.csv", lambda p: frame.to_csv(p, index=False))
+
+
+def read_references(exp_dir: Path) -> dict[str, dict[str, float]]:
+    path = exp_dir / "references.csv"
+    if not path.exists():
+        return {}
+    frame = pd.read_csv(path)
+    return {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in frame.to_dict("records")}
+
+
+def write_plan(exp_dir: Path, number: int, plan: dict[str, Any]) -> Path:
+    path = exp_dir / "plans" / f"trial_{number:04d}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda p: p.write_text(yaml.safe_dump(plan, sort_keys=False)))
+    return path
+
+
+def _write_hypervolume(exp_dir: Path, rows, objectives, constraints, references) -> None:
+    reference_point = [0.0] * len(objectives)  # WTRs live in [0, 1]
+    ordered = sorted(rows, key=lambda r: r["trial_number"])
+    history = []
+    for n in range(1, len(ordered) + 1):
+        seen = ordered[:n]
+        front = front_indices(seen, objectives, constraints, references)
+        points = [[float(seen[i][o]) for o in objectives] for i in front]
+        history.append({"trials": n, "trial_number": seen[-1]["trial_number"],
+                        "hypervolume": hypervolume(points, reference_point)})
+    frame = pd.DataFrame(history)
+    _atomic_write(exp_dir / "hypervolume.csv", lambda p: frame.to_csv(p, index=False))
+
+
+def _write_html(path: Path, rows, front: list[int], references, objectives: Sequence[str]) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pairs = list(combinations(objectives, 2)) or [(objectives[0], objectives[0])]
+    cols = min(3, len(pairs))
+    fig = make_subplots(rows=math.ceil(len(pairs) / cols), cols=cols,
+                        subplot_titles=[f"{y} vs {x}" for x, y in pairs])
+    ok = [i for i, r in enumerate(rows) if r.get("status") == "ok"]
+    for k, (x, y) in enumerate(pairs):
+        r, c = k // cols + 1, k % cols + 1
+        groups = (("trials", [i for i in ok if i not in front], "#9bb7d4", "circle"),
+                  ("Pareto front", front, "#d62728", "diamond"))
+        for label, idx, color, symbol in groups:
+            fig.add_trace(go.Scatter(
+                x=[rows[i].get(x) for i in idx], y=[rows[i].get(y) for i in idx], mode="markers", name=label,
+                legendgroup=label, showlegend=k == 0, marker={"color": color, "symbol": symbol, "size": 9},
+                text=[f"trial {rows[i]['trial_number']}: {rows[i].get('method')}" for i in idx]), row=r, col=c)
+        fig.add_trace(go.Scatter(
+            x=[v.get(f"wtr.{x}") for v in references.values()], y=[v.get(f"wtr.{y}") for v in references.values()],
+            mode="markers+text", name="reference models", legendgroup="ref", showlegend=k == 0,
+            text=list(references), textposition="top center", marker={"color": "black", "symbol": "x", "size": 11}),
+            row=r, col=c)
+        fig.update_xaxes(title_text=x, row=r, col=c)
+        fig.update_yaxes(title_text=y, row=r, col=c)
+    fig.update_layout(title="soupsearch: win-tie rates of every trial (front in red, references as ×)",
+                      height=380 * math.ceil(len(pairs) / cols))
+    _atomic_write(path, lambda p: fig.write_html(p, include_plotlyjs=True))
+
+
+def front_table(rows, front: list[int], references, objectives: Sequence[str], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("trial", "method", *objectives, "merge s", "generate s"):
+        table.add_column(col)
+    for name, ref in references.items():
+        table.add_row(f"[dim]{name}[/dim]", "[dim]reference[/dim]",
+                      *[f"[dim]{ref.get(f'wtr.{o}', math.nan):.3f}[/dim]" for o in objectives], "", "")
+    for i in sorted(front, key=lambda i: rows[i]["trial_number"]):
+        r = rows[i]
+        table.add_row(str(r["trial_number"]), str(r.get("method")), *[f"{r[o]:.3f}" for o in objectives],
+                      f"{r.get('merge_s', math.nan):.2f}", f"{r.get('generate_s', math.nan):.1f}")
+    return table

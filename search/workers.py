@@ -1,0 +1,64 @@
+"""Ray actors: long-lived merge workers (engine + resident sources) and judge actors.
+
+A MergeWorker owns one device (a GPU, a fraction of one, or CPUs) for the whole search:
+it loads base and sources once, and per trial merges a plan, swaps the weights into its
+engine and answers the eval prompts. Trials lease workers through a Ray queue of worker
+names, so concurrency equals the number of workers. Expected failures (a bad plan, NaN
+weights, an engine error) come back as data with the reason; only a dead actor raises.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any
+
+import ray
+
+from judges import JudgeItem, Verdict, build_judge, parse_judging_config
+from merging import parse_plan
+from serving import EngineSettings, GenerationSettings, ModelSet, create_backend
+
+# Set in every actor process before torch loads (see run_search.py for the measurement).
+RUNTIME_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}}
+
+
+@ray.remote
+class MergeWorker:
+    def __init__(self, models: dict[str, str], base: str, backend: str, engine: dict[str, Any]):
+        self.backend = create_backend(backend, ModelSet(models, base=base), EngineSettings(**engine))
+
+    def info(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "backend": self.backend.name}
+
+    def run(self, target: dict[str, Any] | str, conversations: list, generation: dict[str, Any]) -> dict[str, Any]:
+        """Swap to `target` (a plan dict, or a model key) and answer; errors come back as data."""
+        try:
+            if isinstance(target, str):
+                timing = self.backend.use_model(target)
+            else:
+                timing = self.backend.apply_plan(parse_plan(target, "trial plan"))
+            started = time.perf_counter()
+            answers = self.backend.generate(conversations, GenerationSettings(**generation))
+            generate_s = time.perf_counter() - started
+        except Exception as err:  # noqa: BLE001  (the trial records it; the worker stays usable)
+            return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=5)}
+        empty = sum(not a.strip() for a in answers)
+        return {"answers": answers, "merge_s": timing.merge_s, "swap_s": timing.load_s, "generate_s": generate_s,
+                "empty_answers": empty}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@ray.remote
+class JudgeActor:
+    def __init__(self, judging: dict[str, Any]):
+        self.judge = build_judge(parse_judging_config(judging))
+
+    def judge_items(self, items: list[JudgeItem]) -> tuple[list[Verdict], float]:
+        started = time.perf_counter()
+        verdicts = self.judge.judge(items)
+        return verdicts, time.perf_counter() - started

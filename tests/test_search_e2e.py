@@ -1,0 +1,183 @@
+"""The search end to end on a real local Ray cluster with the small model.
+
+Two seeded perturbations of SmolLM2-135M as sources, the rubric judge, a few trials:
+the experiment folder must hold every promised file, the front must really be
+non-dominated, the Optuna study must hold every trial, and a failing plan must be
+recorded with its reason while the search goes on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from merging import parse_plan
+from search.config import parse_search_config
+from search.driver import run_search
+from search.pareto import dominates
+
+pytestmark = pytest.mark.slow
+OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, ray_cleanup):
+    config = parse_search_config({
+        "experiment": {"name": "e2e", "dir": str(tmp_path)},
+        "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                   "b": str(smollm_family["b"])}},
+        "space": {"methods": ["linear", "ties", "alignment_slerp"], "layer_curve": {"knots": 2}},
+        "search": {"sampler": "tpe", "n_trials": 5, "seed": 3, "objectives": OBJECTIVES},
+        "workers": {"count": 1, "cpus": 2},
+        "serving": {"backend": "transformers", "generation": {"max_tokens": 24, "batch_size": 8}},
+        "eval": {"set": "smoke"},
+    })
+    exp = run_search(config)
+
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 5 and sorted(trials.trial_number) == list(range(5))
+    assert set(trials.method) <= {"linear", "ties", "alignment_slerp"}
+    assert (pd.read_csv(exp / "trials.csv").shape[0]) == 5
+    ok = trials[trials.status == "ok"]
+    assert len(ok) == 5, trials[["method", "error"]]
+    for col in [*OBJECTIVES, "wtr.false_rejection", "meandiff.safety", "merge_s", "swap_s", "generate_s", "judge_s"]:
+        assert ok[col].notna().all(), col
+
+    refs = pd.read_csv(exp / "references.csv")
+    assert list(refs.model) == ["base", "a", "b"]
+    # mean-diff is the trial's WTR minus the mean of the sources' WTRs
+    src_mean = refs[refs.model != "base"]["wtr.safety"].mean()
+    assert ok["meandiff.safety"].tolist() == pytest.approx((ok["wtr.safety"] - src_mean).tolist())
+
+    pareto = pd.read_csv(exp / "pareto.csv")
+    assert 1 <= len(pareto) <= len(ok)
+    points = ok[OBJECTIVES].to_numpy().tolist()
+    front = pareto[OBJECTIVES].to_numpy().tolist()
+    for p in front:
+        assert not any(dominates(q, p) for q in points)
+    for number in set(ok.trial_number) - set(pareto.trial_number):
+        row = ok[ok.trial_number == number][OBJECTIVES].to_numpy().tolist()[0]
+        assert any(dominates(q, row) or q == row for q in front)
+
+    hv = pd.read_csv(exp / "hypervolume.csv")
+    assert len(hv) == 5 and (hv.hypervolume.diff().dropna() >= -1e-12).all()
+    assert "plotly" in (exp / "pareto.html").read_text()[:5000].lower()
+    for number in range(5):
+        parse_plan(yaml.safe_load((exp / "plans" / f"trial_{number:04d}.yaml").read_text()))
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert len(study.trials) == 5
+    assert sorted(t.number for t in study.best_trials) == sorted(pareto.trial_number)  # same front as ours
+    assert all(not math.isnan(v) for t in study.best_trials for v in t.values)
+
+    # export the knee of the front: our config, a mergekit config mergekit accepts, a loadable model
+    from mergekit.config import MergeConfiguration
+
+    from search.export import export
+    from serving import GenerationSettings, ModelSet, create_backend
+
+    result = export(exp, require=["safety>=0"], materialize=tmp_path / "shipped")
+    assert result.trial_number in set(pareto.trial_number)
+    shipped = yaml.safe_load(result.plan_path.read_text())
+    assert shipped["base_model"] == str(smollm_family["base"])
+    if result.mergekit_path is not None:
+        MergeConfiguration.model_validate(yaml.safe_load(result.mergekit_path.read_text()))
+    assert (result.model_dir / "model.safetensors").exists() or (result.model_dir / "model.safetensors.index.json").exists()
+    with create_backend("transformers", ModelSet({"base": result.model_dir}, base="base")) as engine:
+        answer = engine.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                                 GenerationSettings(max_tokens=12))[0]
+    assert answer.strip()
+
+
+def test_resume_after_killing_the_driver_keeps_finished_trials(smollm_family, tmp_path):
+    """SIGKILL the driver once two trials are on disk; --resume completes the search with
+    those trials unchanged and none of them run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = {
+        "experiment": {"name": "resume", "dir": str(tmp_path)},
+        "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                   "b": str(smollm_family["b"])}},
+        "space": {"methods": ["linear", "task_arithmetic"]},
+        "search": {"sampler": "random", "n_trials": 5, "seed": 1},
+        "serving": {"backend": "transformers", "generation": {"max_tokens": 16, "batch_size": 8}},
+        "eval": {"set": "smoke"},
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(config))
+    exp = tmp_path / "resume"
+    cmd = [sys.executable, str(root / "run_search.py"), "--config", str(path)]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline:
+            if (exp / "trials.parquet").exists() and len(pd.read_parquet(exp / "trials.parquet")) >= 2:
+                break
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no two finished trials within 400 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    before = pd.read_parquet(exp / "trials.parquet")
+    assert 2 <= len(before) < 5
+
+    done = subprocess.run([sys.executable, str(root / "run_search.py"), "--resume", str(exp)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming: " in done.stdout
+    after = pd.read_parquet(exp / "trials.parquet")
+    assert len(after) == 5 and after.trial_number.is_unique
+    kept = after[after.trial_number.isin(before.trial_number)].sort_values("trial_number").reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept[before.columns], before.sort_values("trial_number").reset_index(drop=True))
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.number for t in complete) == sorted(after.trial_number)
+
+
+def test_unreachable_judge_fails_trials_with_the_reason_and_the_search_completes(smollm_family, tmp_path,
+                                                                                   ray_cleanup):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = parse_search_config({
+        "experiment": {"name": "nojudge", "dir": str(tmp_path)},
+        "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                   "b": str(smollm_family["b"])}},
+        "space": {"methods": ["linear"]},
+        "search": {"sampler": "random", "n_trials": 2},
+        "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
+        "judging": {"judge": {"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "judge",
+                              "api_key_env": None, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 2}},
+        "eval": {"set": "smoke"},
+    })
+    exp = run_search(config)
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 2 and (trials.status == "failed").all()
+    assert trials.error.str.contains("no verdict could be scored").all()
+    assert (trials.judge_failed == 8).all()  # every item counted as a judge failure, none scored
+    pareto = pd.read_csv(exp / "pareto.csv")
+    assert len(pareto) == 0 and "trial_number" in pareto.columns
+    study = optuna.load_study(study_name="nojudge", storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2

@@ -1,0 +1,116 @@
+"""Search building blocks with exact answers: fronts, hypervolume, constraints, config, space."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from merging import parse_plan
+from search.config import SearchConfigError, parse_search_config
+from search.constraints import feasible, parse_constraint
+from search.pareto import dominates, hypervolume, knee, non_dominated, weighted_pick
+from search.space import grid_points, suggest_plan
+
+SOURCES = ["dpo", "kto", "orpo"]
+
+
+def test_front_excludes_dominated_and_nan_points():
+    points = [(0.5, 0.5), (0.6, 0.4), (0.4, 0.4), (0.6, 0.5), (math.nan, 1.0), (0.2, 0.9)]
+    assert non_dominated(points) == [3, 5]
+    assert dominates((1, 1), (1, 0)) and not dominates((1, 1), (1, 1))
+
+
+def test_hypervolume_matches_hand_computed_areas_and_volumes():
+    assert hypervolume([(1.0, 1.0)], (0.0, 0.0)) == 1.0
+    # Two rectangles 0.6x0.5 and 0.2x0.9 overlapping in 0.2x0.5: 0.30 + 0.18 - 0.10
+    assert hypervolume([(0.6, 0.5), (0.2, 0.9)], (0.0, 0.0)) == pytest.approx(0.38)
+    # 3-D: boxes 1x1x0.5 and 0.5x0.5x1 overlap in 0.5x0.5x0.5
+    assert hypervolume([(1, 1, 0.5), (0.5, 0.5, 1)], (0, 0, 0)) == pytest.approx(0.5 + 0.25 - 0.125)
+    assert hypervolume([(0.5, 0.5)], (0.6, 0.0)) == 0.0  # not beyond the reference point
+
+
+def test_knee_and_weighted_pick():
+    points = [(1.0, 0.0), (0.7, 0.7), (0.0, 1.0)]
+    assert knee(points) == 1
+    assert weighted_pick(points, (3.0, 1.0)) == 0
+
+
+def test_constraints_against_reference_models():
+    refs = {"base": {"wtr.safety": 0.9}, "dpo": {"wtr.safety": 0.7}, "kto": {"wtr.safety": 0.8}}
+    best = parse_constraint("safety>=best_source", ["base", "dpo", "kto"])
+    assert best.threshold(refs) == 0.8
+    assert feasible({"wtr.safety": 0.8}, [best], refs) and not feasible({"wtr.safety": 0.79}, [best], refs)
+    assert not feasible({"wtr.safety": math.nan}, [best], refs)
+    assert parse_constraint("factuality >= 0.5").threshold(refs) == 0.5
+    with pytest.raises(ValueError, match="unknown dimension 'safty'"):
+        parse_constraint("safty>=0.5")
+    with pytest.raises(ValueError, match="bound must be a number"):
+        parse_constraint("safety>=bestsource")
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(SearchConfigError, match=r"space\.methods.*unknown merge method\(s\) \['tiez'\]"):
+        parse_search_config({"models": {"example": True}, "space": {"methods": ["tiez"]}})
+    with pytest.raises(SearchConfigError, match=r"search\.objectives.*unknown objective"):
+        parse_search_config({"models": {"example": True}, "search": {"objectives": ["helpfulness"]}})
+    with pytest.raises(SearchConfigError, match=r"models.*at least 2 fine-tuned models"):
+        parse_search_config({"models": {"base": "b", "sources": {"dpo": "d"}}})
+    with pytest.raises(SearchConfigError, match=r"space\.density.*low \(0\.9\) must be ≤ high"):
+        parse_search_config({"models": {"example": True}, "space": {"density": {"low": 0.9, "high": 0.1}}})
+    with pytest.raises(SearchConfigError, match=r"grid sweeps λ only.*\['ties'\]"):
+        parse_search_config({"models": {"example": True}, "search": {"sampler": "grid"},
+                             "space": {"methods": ["linear", "ties"]}})
+    with pytest.raises(SearchConfigError, match=r"workers\.count"):
+        parse_search_config({"models": {"example": True}, "workers": {"count": 0}})
+
+
+def test_space_turns_fixed_parameters_into_the_exact_plan():
+    space = parse_search_config({"models": {"example": True},
+                                 "space": {"layer_curve": {"knots": 2}, "module_multipliers": {"modules": ["attn"]}}}
+                                ).space
+    trial = optuna.trial.FixedTrial({"method": "ties", "w.dpo": 0.2, "w.kto": 0.2, "w.orpo": 0.6,
+                                     "curve.0": 0.5, "curve.1": 1.5, "module.attn": 1.5, "scale": 1.2,
+                                     "density": 0.4})
+    plan = suggest_plan(trial, space, SOURCES, "base", n_layers=30)
+    assert plan["merge_method"] == "ties" and plan["base_model"] == "base"
+    assert plan["parameters"] == {"lambda": 1.2}
+    dpo = plan["models"][0]["parameters"]
+    assert dpo["density"] == 0.4
+    assert dpo["weight"] == [{"filter": "attn", "value": [0.15, 0.45]}, {"value": [0.1, 0.3]}]
+    assert plan["models"][2]["parameters"]["weight"][1]["value"] == [0.3, 0.9]
+    parse_plan(plan)  # a valid mergekit-schema plan
+
+
+def test_slerp_uses_a_pair_and_lambda_as_t():
+    space = parse_search_config({"models": {"example": True}, "space": {"methods": ["slerp"]}}).space
+    plan = suggest_plan(optuna.trial.FixedTrial({"method": "slerp", "pair": "kto+orpo", "lambda": 0.25}),
+                        space, SOURCES, "base", n_layers=30)
+    assert plan == {"merge_method": "slerp", "base_model": "kto", "models": [{"model": "orpo"}],
+                    "parameters": {"t": 0.25}, "dtype": "bfloat16"}
+
+
+def test_every_method_yields_valid_plans_from_random_trials():
+    config = parse_search_config({"models": {"example": True}, "space": {
+        "methods": ["linear", "slerp", "alignment_slerp", "nuslerp", "multislerp", "task_arithmetic", "ties",
+                    "dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties",
+                    "model_stock", "karcher", "tsvm", "r_tsvm"],
+        "layer_curve": {"knots": 3}, "module_multipliers": {}}})
+    study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(120):
+        trial = study.ask()
+        plan = suggest_plan(trial, config.space, SOURCES, "base", n_layers=30)
+        parse_plan(plan, f"trial {trial.number}")
+        seen.add(plan["merge_method"])
+        study.tell(trial, 0.0)
+    assert len(seen) == 17
+
+
+def test_grid_is_methods_times_pairs_times_lambdas():
+    space = parse_search_config({"models": {"example": True}, "search": {"sampler": "grid"},
+                                 "space": {"methods": ["linear", "alignment_slerp"]}}).space
+    points = grid_points(space, SOURCES)
+    assert len(points) == 2 * 3 * 3
+    assert {"method": "linear", "lambda": 0.5, "pair": "dpo+kto"} in points
