@@ -160,6 +160,16 @@ class SearchConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
+    def _gpu_share_fits(self) -> "SearchConfig":
+        """Workers sharing a GPU (workers.gpus < 1) must each ask vLLM for at most their share
+        of its memory, or the second engine on the card fails to start."""
+        share, util = self.workers.gpus, self.serving.engine.gpu_memory_utilization
+        if 0 < share < 1 and util > share:
+            raise ValueError(f"serving.engine.gpu_memory_utilization ({util}) must be ≤ workers.gpus ({share}) "
+                             f"when {round(1 / share)} workers share a GPU; set it to e.g. {round(share * 0.9, 2)}")
+        return self
+
+    @model_validator(mode="after")
     def _grid_is_lambda_only(self) -> "SearchConfig":
         if self.search.sampler == "grid":
             extra = [m for m in self.space.methods if m not in GRID_METHODS]

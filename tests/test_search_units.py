@@ -64,6 +64,11 @@ def test_config_errors_name_the_field():
                              "space": {"methods": ["linear", "ties"]}})
     with pytest.raises(SearchConfigError, match=r"workers\.count"):
         parse_search_config({"models": {"example": True}, "workers": {"count": 0}})
+    with pytest.raises(SearchConfigError, match=r"gpu_memory_utilization \(0\.85\) must be ≤ workers\.gpus \(0\.5\)"):
+        parse_search_config({"models": {"example": True}, "workers": {"count": 2, "gpus": 0.5}})
+    shared = parse_search_config({"models": {"example": True}, "workers": {"count": 2, "gpus": 0.5},
+                                  "serving": {"engine": {"gpu_memory_utilization": 0.45}}})
+    assert shared.serving.engine.gpu_memory_utilization == 0.45
 
 
 def test_space_turns_fixed_parameters_into_the_exact_plan():
