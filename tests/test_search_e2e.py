@@ -181,3 +181,32 @@ def test_unreachable_judge_fails_trials_with_the_reason_and_the_search_completes
     assert len(pareto) == 0 and "trial_number" in pareto.columns
     study = optuna.load_study(study_name="nojudge", storage=f"sqlite:///{exp / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_greedy_soup_strategy_runs_through_the_same_workers_judge_and_files(smollm_family, tmp_path, ray_cleanup):
+    """Greedy soup starts from the best source (a reference, not re-run) and evaluates
+    the uniform average of it and the other source as one row; the file layout is the
+    search's own, and a resume reads the soup back instead of evaluating it again."""
+    data = {
+        "experiment": {"name": "soup", "dir": str(tmp_path)},
+        "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                   "b": str(smollm_family["b"])}},
+        "search": {"strategy": "greedy_soup", "objectives": OBJECTIVES},
+        "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
+        "eval": {"set": "smoke"},
+    }
+    exp = run_search(parse_search_config(data))
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 1 and trials.status.tolist() == ["ok"], trials[["status", "error"]]
+    plan = yaml.safe_load((exp / "plans" / "trial_0000.yaml").read_text())
+    assert plan["merge_method"] == "linear"
+    assert sorted(m["model"] for m in plan["models"]) == ["a", "b"]
+    assert len({m["parameters"]["weight"] for m in plan["models"]}) == 1  # equal weights,
+    assert plan.get("parameters", {}).get("normalize", True)              # normalised: the uniform average
+    assert list(pd.read_csv(exp / "references.csv").model) == ["base", "a", "b"]
+    assert (exp / "pareto.csv").exists() and (exp / "pareto.html").exists()
+
+    ray.shutdown()
+    run_search(parse_search_config(data), exp, resume=True)
+    again = pd.read_parquet(exp / "trials.parquet")
+    pd.testing.assert_frame_equal(again, trials)  # read back, not evaluated a second time
