@@ -121,6 +121,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"mergekit: {result.mergekit_path or '(method not in mergekit)'}")
     if result.model_dir:
         print(f"model:    {result.model_dir}  (vllm serve / transformers from_pretrained)")
+    if result.beaten_by:
+        print(f"warning: {', '.join(result.beaten_by)} (unmerged) scored at least as well on every objective and "
+              f"better on one: shipping it unmerged may be the better choice", file=sys.stderr)
     return 0
 
 

@@ -24,7 +24,7 @@ from search.config import load_search_config
 from search.constraints import parse_constraint
 from search.driver import resolve_models
 from search.pareto import knee, weighted_pick
-from search.results import front_indices, read_references
+from search.results import dominating_references, front_indices, read_references
 
 # Our additions to mergekit's schema: dropped from the mergekit YAML.
 OURS_ONLY_KEYS = ("seed", "rescale_norm", "lerp_norms")
@@ -41,6 +41,7 @@ class Export:
     plan_path: Path
     mergekit_path: Path | None
     model_dir: Path | None
+    beaten_by: list[str]  # reference models better on every objective: shipping one of them may be wiser
 
 
 def parse_weights(text: str, objectives: list[str]) -> list[float]:
@@ -122,4 +123,5 @@ def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
                                     extra_files={"soupsearch_merge.yaml": ours.read_text()})
         finally:
             merger.close()
-    return Export(number, scores, ours, mk_path, model_dir)
+    beaten_by = dominating_references(row, read_references(exp_dir), list(config.search.objectives))
+    return Export(number, scores, ours, mk_path, model_dir, beaten_by)

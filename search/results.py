@@ -2,7 +2,8 @@
 
     trials.parquet / trials.csv   one row per finished trial: params, every WTR, timings, status
     references.csv                base and each source under the same judge
-    pareto.csv                    the non-dominated feasible trials on the objectives
+    pareto.csv                    the non-dominated feasible trials on the objectives (+ which
+                                  reference models still beat each of them: `dominated_by`)
     pareto.html                   2-D projections of the front, reference models marked
     hypervolume.csv               hypervolume of the front after each trial
     plans/trial_NNNN.yaml         each trial's merge plan (mergekit schema)
@@ -22,7 +23,7 @@ import yaml
 from rich.table import Table
 
 from search.constraints import Constraint, feasible
-from search.pareto import hypervolume, non_dominated
+from search.pareto import dominates, hypervolume, non_dominated
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -48,12 +49,24 @@ def write_results(exp_dir: Path, rows: list[dict[str, Any]], references: dict[st
         _atomic_write(exp_dir / "trials.parquet", lambda p: table.to_parquet(p, index=False))
         _atomic_write(exp_dir / "trials.csv", lambda p: table.to_csv(p, index=False))
     front = front_indices(rows, objectives, constraints, references)
-    pareto = table.iloc[0:0] if not front else pd.DataFrame(
-        [{k: v for k, v in rows[i].items() if k not in ("plan", "answers")} for i in front])
+    pareto = table.iloc[0:0].assign(dominated_by=[]) if not front else pd.DataFrame(
+        [{k: v for k, v in rows[i].items() if k not in ("plan", "answers")}
+         | {"dominated_by": ",".join(dominating_references(rows[i], references, objectives))} for i in front])
     _atomic_write(exp_dir / "pareto.csv", lambda p: pareto.to_csv(p, index=False))
     _write_hypervolume(exp_dir, rows, objectives, constraints, references)
     _write_html(exp_dir / "pareto.html", rows, front, references, objectives)
     return front
+
+
+def dominating_references(row: dict[str, Any], references: dict[str, dict[str, float]],
+                          objectives: Sequence[str]) -> list[str]:
+    """Reference models (base, sources) that beat this trial on every objective.
+
+    The front is computed among trials, so a trial can sit on it and still be worse than
+    simply shipping one of the sources; users must see that before they export it."""
+    point = [float(row.get(o, math.nan)) for o in objectives]
+    return [name for name, ref in references.items()
+            if dominates([float(ref.get(f"wtr.{o}", math.nan)) for o in objectives], point)]
 
 
 def write_references(exp_dir: Path, references: dict[str, dict[str, float]]) -> None:
@@ -122,13 +135,14 @@ def _write_html(path: Path, rows, front: list[int], references, objectives: Sequ
 
 def front_table(rows, front: list[int], references, objectives: Sequence[str], title: str) -> Table:
     table = Table(title=title)
-    for col in ("trial", "method", *objectives, "merge s", "generate s"):
+    for col in ("trial", "method", *objectives, "merge s", "generate s", "beaten by"):
         table.add_column(col)
     for name, ref in references.items():
         table.add_row(f"[dim]{name}[/dim]", "[dim]reference[/dim]",
-                      *[f"[dim]{ref.get(f'wtr.{o}', math.nan):.3f}[/dim]" for o in objectives], "", "")
+                      *[f"[dim]{ref.get(f'wtr.{o}', math.nan):.3f}[/dim]" for o in objectives], "", "", "")
     for i in sorted(front, key=lambda i: rows[i]["trial_number"]):
         r = rows[i]
         table.add_row(str(r["trial_number"]), str(r.get("method")), *[f"{r[o]:.3f}" for o in objectives],
-                      f"{r.get('merge_s', math.nan):.2f}", f"{r.get('generate_s', math.nan):.1f}")
+                      f"{r.get('merge_s', math.nan):.2f}", f"{r.get('generate_s', math.nan):.1f}",
+                      ", ".join(dominating_references(r, references, objectives)))
     return table

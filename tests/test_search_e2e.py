@@ -89,6 +89,9 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
 
     result = export(exp, require=["safety>=0"], materialize=tmp_path / "shipped")
     assert result.trial_number in set(pareto.trial_number)
+    picked = [result.scores[o] for o in OBJECTIVES]
+    assert result.beaten_by == [r["model"] for r in refs.to_dict("records")
+                                if dominates([r[f"wtr.{o}"] for o in OBJECTIVES], picked)]
     shipped = yaml.safe_load(result.plan_path.read_text())
     assert shipped["base_model"] == str(smollm_family["base"])
     if result.mergekit_path is not None:

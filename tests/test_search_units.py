@@ -22,6 +22,17 @@ def test_front_excludes_dominated_and_nan_points():
     assert dominates((1, 1), (1, 0)) and not dominates((1, 1), (1, 1))
 
 
+def test_references_that_beat_a_front_trial_are_named():
+    from search.results import dominating_references
+
+    refs = {"base": {"wtr.safety": 0.5, "wtr.factuality": 0.5}, "orpo": {"wtr.safety": 0.9, "wtr.factuality": 0.6},
+            "dpo": {"wtr.safety": 0.9, "wtr.factuality": 0.4}}
+    objectives = ["safety", "factuality"]
+    assert dominating_references({"safety": 0.9, "factuality": 0.5}, refs, objectives) == ["orpo"]
+    assert dominating_references({"safety": 0.9, "factuality": 0.6}, refs, objectives) == []  # equal is not beaten
+    assert dominating_references({"safety": 0.4, "factuality": 0.4}, refs, objectives) == ["base", "orpo", "dpo"]
+
+
 def test_hypervolume_matches_hand_computed_areas_and_volumes():
     assert hypervolume([(1.0, 1.0)], (0.0, 0.0)) == 1.0
     # Two rectangles 0.6x0.5 and 0.2x0.9 overlapping in 0.2x0.5: 0.30 + 0.18 - 0.10
