@@ -362,20 +362,27 @@ def _finish(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started:
 
 def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[str]) -> list[dict[str, Any]]:
     """Finished trials of a stopped run: rows from trials.parquet, plus any trial the study
-    completed after the last file write; running trials of the dead driver are failed."""
+    completed after the last file write. A trial the study still calls RUNNING is completed
+    with its row's values when the row made it to disk first (the driver died between
+    writing the files and telling Optuna), and failed when its result never arrived."""
     import optuna
     import pandas as pd
 
     path = exp_dir / "trials.parquet"
     rows = pd.read_parquet(path).to_dict("records") if path.exists() else []
-    known = {int(r["trial_number"]) for r in rows}
+    known = {int(r["trial_number"]): r for r in rows}
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return rows
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.RUNNING:
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            row = known.get(t.number, {})
+            values = [row.get(o) for o in objectives] if row.get("status") == "ok" else []
+            if values and all(_finite(v) for v in values):
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.COMPLETE, values)
+            else:
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         elif t.state == optuna.trial.TrialState.COMPLETE and t.number not in known:
             rows.append({"trial_number": t.number, "method": t.params.get("method"), "status": "ok",
                          "params": json.dumps(t.params, sort_keys=True), "error": "", "recovered": True,

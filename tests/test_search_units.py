@@ -130,3 +130,31 @@ def test_grid_is_methods_times_pairs_times_lambdas():
     points = grid_points(space, SOURCES)
     assert len(points) == 2 * 3 * 3
     assert {"method": "linear", "lambda": 0.5, "pair": "dpo+kto"} in points
+
+
+def test_resume_completes_a_running_trial_whose_row_reached_disk_and_fails_the_rest(tmp_path):
+    """The driver can die after writing a trial's row but before telling Optuna: the study
+    must then hold that trial as COMPLETE with the row's values, not FAIL (files and study
+    would disagree); a running trial with no row, or a failed row, is FAIL."""
+    import pandas as pd
+
+    from search.driver import recover_rows
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "maximize"])
+    done = study.ask()
+    study.tell(done, [0.1, 0.2])
+    written, lost, failed = study.ask(), study.ask(), study.ask()  # all RUNNING when the driver died
+    rows = [{"trial_number": done.number, "status": "ok", "safety": 0.1, "factuality": 0.2},
+            {"trial_number": written.number, "status": "ok", "safety": 0.7, "factuality": 0.4},
+            {"trial_number": failed.number, "status": "failed", "safety": math.nan, "factuality": math.nan}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet", index=False)
+
+    recovered = recover_rows(tmp_path, storage, "s", ["safety", "factuality"])
+
+    assert sorted(r["trial_number"] for r in recovered) == [done.number, written.number, failed.number]
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=storage).trials}
+    state = optuna.trial.TrialState
+    assert trials[written.number].state == state.COMPLETE and trials[written.number].values == [0.7, 0.4]
+    assert trials[lost.number].state == state.FAIL and trials[failed.number].state == state.FAIL
+    assert trials[done.number].values == [0.1, 0.2]
