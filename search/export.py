@@ -57,8 +57,9 @@ def parse_weights(text: str, objectives: list[str]) -> list[float]:
     return [weights[o] for o in objectives]
 
 
-def choose(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()) -> tuple[dict[str, Any], Any]:
-    """The picked trial's row and the experiment config."""
+def choose(exp_dir: Path, *, weights: str | None = None,
+           require: list[str] = ()) -> tuple[dict[str, Any], Any, dict[str, dict[str, float]]]:
+    """The picked trial's row, the experiment config and the reference models' scores."""
     config = load_search_config(exp_dir / "config.yaml")
     objectives = list(config.search.objectives)
     path = exp_dir / "trials.parquet"
@@ -73,7 +74,7 @@ def choose(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
                           f"{sum(r.get('status') == 'ok' for r in rows)} of {len(rows)} trials finished")
     points = [[float(rows[i][o]) for o in objectives] for i in front]
     pick = weighted_pick(points, parse_weights(weights, objectives)) if weights else knee(points)
-    return rows[front[pick]], config
+    return rows[front[pick]], config, references
 
 
 def to_mergekit(plan: dict[str, Any]) -> dict[str, Any] | None:
@@ -95,14 +96,14 @@ def with_paths(plan: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
 
 def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = (), materialize: Path | None = None,
            force: bool = False) -> Export:
-    row, config = choose(exp_dir, weights=weights, require=require)
+    row, config, references = choose(exp_dir, weights=weights, require=require)
     number = int(row["trial_number"])
     plan_file = exp_dir / "plans" / f"trial_{number:04d}.yaml"
     if not plan_file.exists():
         raise ExportError(f"{plan_file} is missing: the trial's plan was not saved")
     models, _ = resolve_models(config)
     plan = with_paths(yaml.safe_load(plan_file.read_text()), models)
-    parse_plan(plan, str(plan_file))
+    merged = parse_plan(plan, str(plan_file))  # validated before anything is written
     out_dir = exp_dir / "export"
     out_dir.mkdir(exist_ok=True)
     ours = out_dir / f"trial_{number:04d}.soupsearch.yaml"
@@ -116,12 +117,11 @@ def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
         mk_path.write_text(header + yaml.safe_dump(mk, sort_keys=False))
     model_dir = None
     if materialize is not None:
-        merged = parse_plan(plan, str(ours))
         merger = Merger({m: m for m in merged.referenced_models()}, merged.base_model, device="auto", resident=False)
         try:
             model_dir = write_model(merger.merge(merged), materialize, base_dir=models["base"], force=force,
                                     extra_files={"soupsearch_merge.yaml": ours.read_text()})
         finally:
             merger.close()
-    beaten_by = dominating_references(row, read_references(exp_dir), list(config.search.objectives))
+    beaten_by = dominating_references(row, references, list(config.search.objectives))
     return Export(number, scores, ours, mk_path, model_dir, beaten_by)
