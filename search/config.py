@@ -37,6 +37,10 @@ class ModelsConfig(_Strict):
     example: bool = False
     base: str | None = None
     sources: dict[str, str] = Field(default_factory=dict)
+    allow_pickle: bool = Field(False, description="load .bin/.pt checkpoints (unpickling can run code: only for "
+                                                  "models you trust; safetensors need nothing)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (custom "
+                                                       "architectures); off unless you trust the repository")
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelsConfig":
@@ -129,6 +133,25 @@ class WorkersConfig(_Strict):
     cpus: float = Field(2, gt=0, description="CPUs per merge worker")
     gpus: float = Field(0, ge=0, description="GPUs per merge worker (a fraction shares one GPU)")
     judges: int = Field(1, ge=1, description="judge actors")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per merge worker, e.g. {merge_slot: 1} with "
+                                          "`ray start --resources '{\"merge_slot\": 1}'` on each node: one worker per node")
+    max_restarts: int = Field(3, ge=0, description="times Ray restarts a merge worker whose process died (OOM, lost "
+                                                   "node, kill); a restart reloads the sources, the trial is retried")
+
+    restart_timeout_s: float = Field(900, gt=0, description="how long a trial waits for a restarted worker to load "
+                                                            "its models again before it gives up on it")
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        reserved = sorted(set(resources) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if reserved:
+            raise ValueError(f"{reserved} are set by workers.cpus / workers.gpus, not workers.resources")
+        negative = sorted(k for k, v in resources.items() if not v > 0)
+        if negative:
+            raise ValueError(f"resource amounts must be > 0: {negative}")
+        return resources
 
 
 class ServingConfig(_Strict):
@@ -166,7 +189,7 @@ class SearchConfig(_Strict):
         share, util = self.workers.gpus, self.serving.engine.gpu_memory_utilization
         if 0 < share < 1 and util > share:
             raise ValueError(f"serving.engine.gpu_memory_utilization ({util}) must be ≤ workers.gpus ({share}) "
-                             f"when {round(1 / share)} workers share a GPU; set it to e.g. {round(share * 0.9, 2)}")
+                             f"when {1 / share:.0f} workers share a GPU; set it to e.g. {round(share * 0.9, 2)}")
         return self
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,71 +22,69 @@ import ray
 import yaml
 from rich.console import Console
 
-from judges import JudgeItem, load_eval_set
+from judges import EvalSet, JudgeItem
 from merging import ModelFolder
 from search.config import SearchConfig
 from search.constraints import Constraint, parse_constraint
 from search.metrics import ObjectiveGauges
 from search.results import front_table, read_references, write_plan, write_references, write_results
-from search.scoring import conversations, mean_diff, score
+from search.preflight import PreflightError, Problem, check_placement, preflight
+from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
+from search.scoring import mean_diff, score
 from search.soups import greedy_soup, soup_plan, soup_score
 from search.space import grid_points, suggest_plan
-from search.workers import RUNTIME_ENV, JudgeActor, MergeWorker
 
 console = Console()
 
 
-@dataclass
-class Context:
-    """What every trial needs, in plain picklable data (Tune ships it to trial processes)."""
-
-    prompts: list[list[dict[str, str]]]
-    items: list[dict[str, str]]
-    objectives: list[str]
-    sources: list[str]
-    references: dict[str, dict[str, float]]
-    generation: dict[str, Any]
-    queue: Any
-    judges: list[str]
-    namespace: str
-    retries: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def resolve_models(config: SearchConfig) -> tuple[dict[str, str], list[str]]:
-    """Model keys → folders, and the source keys (everything but "base")."""
+    """Model keys → folders, and the source keys (everything but "base"); preflight checks them."""
     if config.models.example:
         from search.example_family import prepare_example
 
         paths = {k: str(v) for k, v in prepare_example().items()}
     else:
         paths = {"base": config.models.base, **config.models.sources}
-    missing = [f"{k}: {p}" for k, p in paths.items() if not (Path(p) / "config.json").exists()]
-    if missing:
-        raise FileNotFoundError("model folders without config.json: " + "; ".join(missing))
     return paths, [k for k in paths if k != "base"]
 
 
-def _lease_and_run(ctx: Context, target: dict[str, Any] | str) -> dict[str, Any]:
-    """Run on a free worker; a worker that dies mid-trial is retried on the next free one."""
-    last_error = ""
-    for _ in range(ctx.retries + 1):
-        name = ctx.queue.get(block=True)
-        try:
-            worker = ray.get_actor(name, namespace=ctx.namespace)
-            return ray.get(worker.run.remote(target, ctx.prompts, ctx.generation))
-        except (ray.exceptions.RayActorError, ValueError) as err:
-            last_error = f"worker {name} lost: {type(err).__name__}: {str(err)[:200]}"
-        finally:
-            ctx.queue.put(name)
-    return {"error": last_error}
+def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
+    """Models, eval set and judge first (cheap, no Ray), then Ray up and placement; one
+    PreflightError lists every problem. Returns the eval set the search will use."""
+    problems: list[Problem] = []
+    eval_set = None
+    try:
+        eval_set = preflight(config, models, nodes=None)
+    except PreflightError as err:
+        problems = err.problems
+    start_ray(config)
+    problems += check_placement(config, ray.nodes())
+    if problems:
+        raise PreflightError(problems)
+    console.print("preflight ok: models compatible, eval set valid, judge answers, workers placeable")
+    return eval_set
 
 
 def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float]:
+    """Score answers on one judge actor; a judge that died (Ray restarts it) is asked again."""
     items = [JudgeItem(i["id"], i["prompt"], i["gold"], a, i["category"]) for i, a in zip(ctx.items, answers)]
-    judge = ray.get_actor(ctx.judges[hash(key) % len(ctx.judges)], namespace=ctx.namespace)
-    verdicts, judge_s = ray.get(judge.judge_items.remote(items))
-    return score(verdicts, ctx.objectives), judge_s
+    first = hash(key) % len(ctx.judges)
+    for attempt in range(ctx.retries + 1):
+        name = ctx.judges[(first + attempt) % len(ctx.judges)]
+        try:
+            verdicts, judge_s = ray.get(ray.get_actor(name, namespace=ctx.namespace).judge_items.remote(items))
+            return score(verdicts, ctx.objectives), judge_s
+        except ray.exceptions.RayActorError:
+            if attempt == ctx.retries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def no_text_error(answers: list[str]) -> str:
+    """A model that stops producing text is a failed trial, not a perfectly concise one."""
+    if answers and not any(a.strip() for a in answers):
+        return f"the merged model produced no text for any of the {len(answers)} prompts"
+    return ""
 
 
 def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
@@ -97,9 +95,11 @@ def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {o: math.nan for o in ctx.objectives}
     result |= {"method": plan["merge_method"], "status": "failed", "error": ""}
-    run = _lease_and_run(ctx, plan)
-    if "error" in run:
-        result["error"] = run["error"]
+    run = lease_and_run(ctx, plan)
+    result |= {k: run[k] for k in ("worker", "node_id", "workers_lost") if k in run}
+    if "error" in run or no_text_error(run["answers"]):
+        result["error"] = run.get("error") or no_text_error(run["answers"])
+        result["empty_answers"] = run.get("empty_answers")
     else:
         try:
             metrics, judge_s = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
@@ -215,18 +215,6 @@ def _tune_callback(recorder: ResultsCallback):
     return _Callback()
 
 
-def start_ray(config: SearchConfig) -> None:
-    if ray.is_initialized():
-        return
-    if config.experiment.ray_address:
-        ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
-        return
-    w = config.workers
-    # Logical CPUs: the workers' share plus room for judge actors and the light trials.
-    ray.init(num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
-             include_dashboard=False, log_to_driver=False)
-
-
 def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False) -> Path:
     """Run (or with `resume`, continue) the search; returns the experiment folder.
 
@@ -236,47 +224,26 @@ def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: boo
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
-    from ray.util.queue import Queue
 
     exp_dir = exp_dir or config.experiment_dir()
     if not resume and (exp_dir / "trials.parquet").exists():
         raise FileExistsError(f"{exp_dir} already holds a search: continue it with --resume {exp_dir}, "
                               f"or set experiment.name to start a new one")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     models, sources = resolve_models(config)
     constraints = [parse_constraint(c, list(models)) for c in config.search.constraints]
-    eval_set = load_eval_set(config.eval.set)
-    if config.eval.subset and config.eval.subset < len(eval_set):
-        eval_set = eval_set.subset(config.eval.subset, seed=config.search.seed)
+    eval_set = run_preflight(config, models)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     with ModelFolder(models["base"]) as base:
         n_layers = base.n_layers()
     console.print(f"[bold]soupsearch[/bold] {config.experiment.name}: {len(sources)} sources {sources}, "
                   f"{len(eval_set)} eval items, {config.search.n_trials} trials ({config.search.sampler}), "
                   f"{config.workers.count} worker(s) → {exp_dir}")
 
-    start_ray(config)
-    namespace = f"soupsearch-{config.experiment.name}"
-    worker_names = [f"{namespace}-worker-{i}" for i in range(config.workers.count)]
-    engine = config.serving.engine.model_copy(update={"threads": config.serving.engine.threads
-                                                      or max(1, int(config.workers.cpus))})
-    workers = [MergeWorker.options(name=n, namespace=namespace, num_cpus=config.workers.cpus,
-                                   num_gpus=config.workers.gpus).remote(
-        models, "base", config.serving.backend, engine.model_dump()) for n in worker_names]
-    judge_names = [f"{namespace}-judge-{i}" for i in range(config.workers.judges)]
-    judging = config.judging.model_dump(mode="json")
-    if judging.get("cache_path") is None:
-        judging["cache_path"] = str(exp_dir / "verdicts.sqlite")
-    judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1).remote(judging) for n in judge_names]
-    ray.get([w.info.remote() for w in workers] + [j.judge_items.remote([]) for j in judges])
-    queue = Queue()
-    for name in worker_names:
-        queue.put(name)
-
-    items = [{"id": i.id, "prompt": i.prompt, "gold": i.gold, "category": i.category} for i in eval_set]
-    ctx = Context(prompts=conversations(list(eval_set)), items=items, objectives=list(config.search.objectives),
-                  sources=sources, references={}, generation=config.serving.generation.model_dump(), queue=queue,
-                  judges=judge_names, namespace=namespace, retries=config.search.trial_retries)
+    ctx = start_pool(config, models, eval_set, exp_dir, sources)
+    for info in worker_info(ctx):
+        console.print(f"{info['worker']}: node {info.get('node_id', '?')[:12]}, pid {info.get('pid')}, "
+                      f"{info.get('backend', info.get('error'))}")
     ctx.references = read_references(exp_dir) or score_references(ctx, ["base", *sources])
     write_references(exp_dir, ctx.references)
 
@@ -308,8 +275,7 @@ def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: boo
     )
     started = time.perf_counter()
     tuner.fit()
-    for w in workers:
-        ray.get(w.close.remote())
+    close_pool(ctx)
     return _finish(exp_dir, recorder, storage_url, started)
 
 
@@ -395,7 +361,7 @@ def score_references(ctx: Context, keys: list[str]) -> dict[str, dict[str, float
     """Base and every source under the same judge: reference points for plots and constraints."""
     references = {}
     for key in keys:
-        run = _lease_and_run(ctx, key)
+        run = lease_and_run(ctx, key)
         if "error" in run:
             raise RuntimeError(f"reference model {key!r} could not be evaluated: {run['error']}")
         metrics, _ = _judge(ctx, run["answers"], key)

@@ -26,8 +26,10 @@ RUNTIME_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELIS
 
 @ray.remote
 class MergeWorker:
-    def __init__(self, models: dict[str, str], base: str, backend: str, engine: dict[str, Any]):
-        self.backend = create_backend(backend, ModelSet(models, base=base), EngineSettings(**engine))
+    def __init__(self, models: dict[str, str], base: str, backend: str, engine: dict[str, Any],
+                 allow_pickle: bool = False, trust_remote_code: bool = False):
+        model_set = ModelSet(models, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        self.backend = create_backend(backend, model_set, EngineSettings(**engine))
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -47,7 +49,7 @@ class MergeWorker:
             return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=5)}
         empty = sum(not a.strip() for a in answers)
         return {"answers": answers, "merge_s": timing.merge_s, "swap_s": timing.load_s, "generate_s": generate_s,
-                "empty_answers": empty}
+                "empty_answers": empty, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def close(self) -> None:
         self.backend.close()

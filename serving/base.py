@@ -77,6 +77,10 @@ class ModelSet:
     models: dict[str, Path]
     base: str
     label: str = field(default="")
+    #: Both off unless the experiment config opts in: a pickle checkpoint or a model's own
+    #: Python code (`trust_remote_code`) can execute anything on the worker.
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.models = {key: Path(path) for key, path in self.models.items()}

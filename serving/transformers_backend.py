@@ -33,13 +33,16 @@ class TransformersBackend(ServingBackend):
         self.device = pick_device(self.engine.device)
         dtype = _DTYPES.get(resolve_dtype(self.engine.dtype, self.device.type == "cpu"), torch.bfloat16)
         base_dir = model_set.base_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        remote_code = model_set.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype,
+                                                          trust_remote_code=remote_code).to(self.device).eval()
         self.params = dict(self.model.named_parameters(remove_duplicate=False))
-        self.weights = WeightSource({k: str(v) for k, v in model_set.models.items()}, model_set.base, self.device)
+        self.weights = WeightSource({k: str(v) for k, v in model_set.models.items()}, model_set.base, self.device,
+                                    allow_pickle=model_set.allow_pickle)
 
     def _load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         count = 0

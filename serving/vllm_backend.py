@@ -62,13 +62,13 @@ class VLLMBackend(ServingBackend):
         kwargs: dict[str, Any] = dict(
             model=str(model_set.base_dir), dtype=resolve_dtype(self.engine.dtype, on_cpu()), seed=0,
             max_model_len=self.engine.max_model_len, enforce_eager=self.engine.enforce_eager,
-            worker_extension_cls=WORKER_EXTENSION)
+            worker_extension_cls=WORKER_EXTENSION, trust_remote_code=model_set.trust_remote_code)
         if not on_cpu():
             kwargs["gpu_memory_utilization"] = self.engine.gpu_memory_utilization
         try:
             self.llm = LLM(**kwargs)
             self.opened = self._rpc("soup_open", {k: str(v) for k, v in model_set.models.items()}, model_set.base,
-                                    self.engine.threads)
+                                    self.engine.threads, model_set.allow_pickle)
         except ServingError:
             raise
         except Exception as err:

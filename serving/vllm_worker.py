@@ -34,12 +34,13 @@ class SoupWorkerExtension:
     _soup: WeightSource | None = None
     _soup_threads: int | None = None
 
-    def soup_open(self, models: dict[str, str], base: str, merge_threads: int | None = None) -> dict[str, Any]:
+    def soup_open(self, models: dict[str, str], base: str, merge_threads: int | None = None,
+                  allow_pickle: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         device = getattr(self, "device", "cpu")
         self._soup_threads = merge_threads
         with self._merge_threads():
-            self._soup = WeightSource(models, base, device=device)
+            self._soup = WeightSource(models, base, device=device, allow_pickle=allow_pickle)
         return {"load_s": time.perf_counter() - started, "tensors": len(self._soup.merger.names),
                 "bytes": self._soup.merger.source_bytes(), "device": str(device)}
 

@@ -43,8 +43,9 @@ class TimedIterator:
 class WeightSource:
     """The held models, resident on `device`, as streams of (checkpoint name, tensor)."""
 
-    def __init__(self, models: Mapping[str, str], base: str, device: str | torch.device = "cpu"):
-        self.merger = Merger(dict(models), base=base, device=device, resident=True)
+    def __init__(self, models: Mapping[str, str], base: str, device: str | torch.device = "cpu",
+                 allow_pickle: bool = False):
+        self.merger = Merger(dict(models), base=base, device=device, resident=True, allow_pickle=allow_pickle)
 
     def plan_tensors(self, plan: MergePlan | Mapping[str, Any], stage: bool) -> tuple[Iterator, float]:
         """The merged tensors of `plan` and the seconds already spent merging them."""

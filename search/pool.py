@@ -1,0 +1,164 @@
+"""The actor pool of a search: Ray up, merge workers and judges placed, workers leased per trial.
+
+Workers are named actors listed in a Ray queue; a trial takes a name, runs on that worker
+and puts the name back, so concurrency equals the number of workers. Ray restarts a
+worker whose process dies (`workers.max_restarts`: OOM, lost node, kill): the restarted
+actor keeps its name and reloads its sources in `__init__`, so the pool heals without
+the driver tracking anything, and the trial that was running on it is retried
+(`search.trial_retries`) on whichever worker is free next. A worker out of restarts
+stays dead; trials that lease it fail fast with the reason, so the search still ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from judges import EvalSet
+from search.config import SearchConfig
+from search.scoring import conversations
+from search.workers import RUNTIME_ENV, JudgeActor, MergeWorker
+
+
+# Actor handles per pool namespace, held by the driver process for the pool's lifetime.
+_HANDLES: dict[str, list[Any]] = {}
+
+
+@dataclass
+class Context:
+    """What every trial needs, in plain picklable data (Tune ships it to trial processes)."""
+
+    prompts: list[list[dict[str, str]]]
+    items: list[dict[str, str]]
+    objectives: list[str]
+    sources: list[str]
+    references: dict[str, dict[str, float]]
+    generation: dict[str, Any]
+    queue: Any
+    workers: list[str]
+    judges: list[str]
+    namespace: str
+    retries: int
+    restart_timeout_s: float = 900.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def start_ray(config: SearchConfig) -> None:
+    """Join `experiment.ray_address`, or start a local Ray sized for the configured pool."""
+    if ray.is_initialized():
+        return
+    if config.experiment.ray_address:
+        ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
+        return
+    w = config.workers
+    # Logical CPUs: the workers' share plus room for judge actors and the light trials.
+    ray.init(num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
+             include_dashboard=False, log_to_driver=False, resources=_local_resources(config))
+
+
+def _local_resources(config: SearchConfig) -> dict[str, float]:
+    """A local one-node Ray gets the custom resources the workers ask for (a cluster's
+    nodes declare their own with `ray start --resources`)."""
+    return {k: v * config.workers.count for k, v in config.workers.resources.items()}
+
+
+def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, exp_dir: Path,
+               sources: list[str]) -> Context:
+    """Place the merge workers and judges, wait until each is up, and return the trial context."""
+    namespace = f"soupsearch-{config.experiment.name}"
+    w = config.workers
+    worker_names = [f"{namespace}-worker-{i}" for i in range(w.count)]
+    engine = config.serving.engine.model_copy(update={"threads": config.serving.engine.threads
+                                                      or max(1, int(w.cpus))})
+    workers = [MergeWorker.options(name=n, namespace=namespace, num_cpus=w.cpus, num_gpus=w.gpus,
+                                   resources=dict(w.resources), max_restarts=w.max_restarts,
+                                   max_task_retries=0).remote(
+        models, "base", config.serving.backend, engine.model_dump(), config.models.allow_pickle,
+        config.models.trust_remote_code) for n in worker_names]
+    judge_names = [f"{namespace}-judge-{i}" for i in range(w.judges)]
+    judging = config.judging.model_dump(mode="json")
+    if judging.get("cache_path") is None:
+        judging["cache_path"] = str(exp_dir / "verdicts.sqlite")
+    judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1, max_restarts=w.max_restarts).remote(judging)
+              for n in judge_names]
+    ray.get([a.info.remote() for a in workers] + [j.judge_items.remote([]) for j in judges])
+    _HANDLES[namespace] = workers + judges  # the driver owns the actors: dropping the handles would kill them
+    from ray.util.queue import Queue
+
+    queue = Queue()
+    for name in worker_names:
+        queue.put(name)
+    items = [{"id": i.id, "prompt": i.prompt, "gold": i.gold, "category": i.category} for i in eval_set]
+    return Context(prompts=conversations(list(eval_set)), items=items, objectives=list(config.search.objectives),
+                   sources=sources, references={}, generation=config.serving.generation.model_dump(), queue=queue,
+                   workers=worker_names, judges=judge_names, namespace=namespace, retries=config.search.trial_retries,
+                   restart_timeout_s=w.restart_timeout_s)
+
+
+def worker_info(ctx: Context) -> list[dict[str, Any]]:
+    """Where each worker runs (node id, pid); a dead worker is reported as such."""
+    out = []
+    for name in ctx.workers:
+        try:
+            out.append({"worker": name, **ray.get(ray.get_actor(name, namespace=ctx.namespace).info.remote())})
+        except (ray.exceptions.RayActorError, ValueError) as err:
+            out.append({"worker": name, "error": f"{type(err).__name__}"})
+    return out
+
+
+def lease_and_run(ctx: Context, target: dict[str, Any] | str) -> dict[str, Any]:
+    """Run `target` on a free worker; a worker that dies mid-trial is retried on the next free one.
+
+    The result says which worker and node answered and how many workers were lost on the
+    way (`workers_lost`), so a flaky node shows up in the results, not only in Ray's logs."""
+    errors: list[str] = []
+    for _ in range(ctx.retries + 1):
+        name = ctx.queue.get(block=True)
+        try:
+            worker = ray.get_actor(name, namespace=ctx.namespace)
+            run = ray.get(worker.run.remote(target, ctx.prompts, ctx.generation))
+            return run | {"worker": name, "workers_lost": len(errors)}
+        except (ray.exceptions.RayActorError, ValueError) as err:
+            errors.append(f"worker {name} lost: {type(err).__name__}: {_first_line(err)}")
+            _await_restart(ctx, name)  # back in the pool once it is up again (or known dead)
+        finally:
+            ctx.queue.put(name)
+    return {"error": "; ".join(errors) + f" (gave up after {len(errors)} attempt(s): search.trial_retries="
+                                        f"{ctx.retries})", "workers_lost": len(errors)}
+
+
+def _await_restart(ctx: Context, name: str) -> bool:
+    """Wait until Ray has restarted worker `name` (calls to a restarting actor fail at once
+    with ActorUnavailableError rather than queue); False when it is out of restarts or does
+    not come back within `workers.restart_timeout_s` — then its trials fail fast instead."""
+    deadline = time.monotonic() + ctx.restart_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(ray.get_actor(name, namespace=ctx.namespace).info.remote(),
+                    timeout=max(1.0, deadline - time.monotonic()))
+            return True
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(1.0)
+        except (ray.exceptions.RayActorError, ValueError, ray.exceptions.GetTimeoutError):
+            return False
+    return False
+
+
+def close_pool(ctx: Context) -> None:
+    """Close the engines, then let the actors go."""
+    for name in ctx.workers:
+        try:
+            ray.get(ray.get_actor(name, namespace=ctx.namespace).close.remote())
+        except (ray.exceptions.RayActorError, ValueError):
+            pass  # already dead: nothing to close
+    _HANDLES.pop(ctx.namespace, None)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""

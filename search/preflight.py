@@ -1,0 +1,164 @@
+"""Preflight: everything that can be checked cheaply is checked before any expensive work.
+
+A cluster hour lost to a typo is the failure this prevents: a source with another
+vocabulary found after the workers loaded, an eval file with a bad row found after the
+references were generated, a judge URL that answers nobody, or workers that ask for GPUs
+the cluster does not have (Ray would keep them pending forever, silently). Each check
+returns problems instead of raising, so the user gets every problem in one report, each
+with where it is and what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from judges import EvalSet, EvalSetError, JudgeItem, VerdictStatus, build_judge, load_eval_set
+from merging import CheckpointError, IncompatibleModelsError, ModelFolder, check_compatible
+from search.config import SearchConfig
+
+MERGEABLE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # config field or file
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}\n      fix: {self.fix}"
+
+
+class PreflightError(RuntimeError):
+    """The search cannot start; `problems` lists every reason found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(f"preflight found {len(problems)} problem(s); nothing expensive was started:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+def check_models(models: dict[str, str], *, allow_pickle: bool = False) -> list[Problem]:
+    """Every folder opens, and every source has the base's tensor names, shapes and vocabulary,
+    in a float dtype the merge methods take (a quantized checkpoint is not mergeable as is)."""
+    problems: list[Problem] = []
+    folders: dict[str, ModelFolder] = {}
+    for key, path in models.items():
+        where = "models.base" if key == "base" else f"models.sources.{key}"
+        if not (Path(path) / "config.json").exists():
+            problems.append(Problem(where, f"{path} is not a model folder (no config.json)",
+                                    "point it at a Hugging Face model folder (config.json + safetensors)"))
+            continue
+        try:
+            folders[key] = ModelFolder(path, allow_pickle=allow_pickle, label=key)
+        except CheckpointError as err:
+            problems.append(Problem(where, str(err), "convert it to safetensors, or fix the folder"))
+    try:
+        if "base" in folders:
+            others = {k: f for k, f in folders.items() if k != "base"}
+            check_compatible("base", folders["base"], others)
+        for key, folder in folders.items():
+            odd = sorted({str(folder.dtype(n)).removeprefix("torch.") for n in folder.tensor_names()
+                          if folder.dtype(n) not in MERGEABLE_DTYPES})
+            if odd:
+                problems.append(Problem(f"models.{'base' if key == 'base' else 'sources.' + key}",
+                                        f"tensors in {', '.join(odd)}; merging needs bfloat16, float16 or float32",
+                                        "use the unquantized checkpoint (dequantize before merging)"))
+    except IncompatibleModelsError as err:
+        problems += [Problem("models.sources", p, "merge only variants fine-tuned from this base")
+                     for p in err.problems]
+    finally:
+        for folder in folders.values():
+            folder.close()
+    return problems
+
+
+def check_eval_set(config: SearchConfig) -> tuple[EvalSet | None, list[Problem]]:
+    try:
+        eval_set = load_eval_set(config.eval.set)
+    except (EvalSetError, FileNotFoundError, ValueError) as err:
+        return None, [Problem("eval.set", str(err), "fix the rows named above, or use a bundled set "
+                                                   "(soupsearch-eval-v1, smoke)")]
+    if config.eval.subset and config.eval.subset < len(eval_set):
+        eval_set = eval_set.subset(config.eval.subset, seed=config.search.seed)
+    return eval_set, []
+
+
+def check_judge(config: SearchConfig, eval_set: EvalSet | None) -> list[Problem]:
+    """One real judgement (the gold answer against itself) through the configured judge,
+    uncached. A vLLM judge is only built inside its actor (it is the expensive part), so
+    it is checked when the pool starts instead."""
+    judge_config = config.judging.judge
+    if judge_config.backend == "vllm":
+        return []
+    item = next(iter(eval_set)) if eval_set is not None and len(eval_set) else None
+    probe = JudgeItem("preflight", item.prompt if item else "What is 2 + 2?", item.gold if item else "4.",
+                      item.gold if item else "4.", item.category if item else "safe")
+    try:
+        judge = build_judge(judge_config)
+        verdict = judge.judge([probe])[0]
+    except Exception as err:  # noqa: BLE001  (a missing key, an odd endpoint: reported, not raised)
+        return [Problem("judging.judge", f"{type(err).__name__}: {err}", "fix the judge settings")]
+    finally:
+        close = getattr(locals().get("judge"), "close", None)
+        if close is not None:
+            close()
+    if verdict.status is VerdictStatus.FAILED:
+        return [Problem("judging.judge", f"the judge did not answer a test request: {verdict.error}",
+                        "start the judge server or fix base_url / model / api_key_env")]
+    return []
+
+
+def check_placement(config: SearchConfig, nodes: list[dict[str, Any]]) -> list[Problem]:
+    """Can Ray place every worker and judge on the live nodes now? (first fit per node:
+    a worker's CPUs, GPUs and custom resources must all come from one node).
+
+    `nodes` is `ray.nodes()`; on an autoscaling cluster nodes may still come, so this is
+    only run against the nodes that exist."""
+    w = config.workers
+    free = [dict(n.get("Resources", {})) for n in nodes if n.get("Alive")]
+    need = {"CPU": w.cpus, "GPU": w.gpus, **w.resources}
+    need = {k: v for k, v in need.items() if v > 0}
+    placed = 0
+    for _ in range(w.count):
+        node = next((r for r in free if all(r.get(k, 0.0) + 1e-9 >= v for k, v in need.items())), None)
+        if node is None:
+            break
+        for k, v in need.items():
+            node[k] -= v
+        placed += 1
+    problems = []
+    if placed < w.count:
+        have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n.get("Resources", {}).items())
+                                   if k in need) or "none of them" for n in nodes if n.get("Alive")) or "no live nodes"
+        problems.append(Problem("workers", f"{w.count} merge workers need {_fmt(need)} each on one node; the "
+                                           f"cluster can place {placed} (nodes have: {have})",
+                                "lower workers.count / cpus / gpus, drop unknown workers.resources, or add nodes"))
+    judges_free = sum(r.get("CPU", 0.0) for r in free)
+    if placed == w.count and judges_free + 1e-9 < w.judges:
+        problems.append(Problem("workers.judges", f"{w.judges} judge actors need 1 CPU each; {judges_free:g} CPUs "
+                                                  "are left after the merge workers",
+                                "lower workers.judges or workers.cpus"))
+    return problems
+
+
+def _fmt(need: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in need.items()) + "}"
+
+
+def preflight(config: SearchConfig, models: dict[str, str], nodes: list[dict[str, Any]] | None) -> EvalSet:
+    """Run every check and raise PreflightError listing all problems; returns the eval set
+    (loaded and subset once, here). `nodes` None skips placement (Ray not started yet)."""
+    problems = check_models(models, allow_pickle=config.models.allow_pickle)
+    eval_set, eval_problems = check_eval_set(config)
+    problems += eval_problems + check_judge(config, eval_set)
+    if nodes is not None:
+        problems += check_placement(config, nodes)
+    if problems:
+        raise PreflightError(problems)
+    assert eval_set is not None
+    return eval_set
