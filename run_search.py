@@ -10,6 +10,7 @@
     python run_search.py prepare-example      build the example model family (base + DPO/KTO/ORPO variants)
     python run_search.py demo                 every merge method once on the example family
     python run_search.py methods              list the merge methods and their parameters
+    python run_search.py check [--config C]   preflight only (models, eval set, judge, worker placement)
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merger = Merger(models, plan.base_model, device=args.device, resident=False, allow_pickle=plan.allow_pickle)
     out_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
         plan.out_dtype or plan.dtype or "")
-    tensors = tqdm(merger.merge(plan), total=len(merger.names), desc=f"merging ({plan.merge_method})", unit="tensor")
-    out = write_model(tensors, args.out_dir, base_dir=plan.base_model or plan.models[0].model, dtype=out_dtype,
-                      max_shard_bytes=_parse_size(args.max_shard_size), force=args.force,
-                      extra_files={"soupsearch_merge.yaml": Path(args.config).read_text()})
+    # `with`: a failed write closes the progress bar first, so the error gets a line of its own
+    with tqdm(merger.merge(plan), total=len(merger.names), desc=f"merging ({plan.merge_method})",
+              unit="tensor") as tensors:
+        out = write_model(tensors, args.out_dir, base_dir=plan.base_model or plan.models[0].model, dtype=out_dtype,
+                          max_shard_bytes=_parse_size(args.max_shard_size), force=args.force,
+                          extra_files={"soupsearch_merge.yaml": Path(args.config).read_text()})
     merger.close()
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
@@ -90,6 +93,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from search.config import SearchConfigError, load_search_config
     from search.driver import run_search
+    from search.preflight import PreflightError
 
     exp_dir = Path(args.resume) if args.resume else None
     try:
@@ -101,9 +105,28 @@ def cmd_search(args: argparse.Namespace) -> int:
         config.search.n_trials = args.trials
     try:
         run_search(config, exp_dir, resume=exp_dir is not None)
-    except FileExistsError as err:
+    except (FileExistsError, ConnectionError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Preflight only: models, eval set, judge and worker placement, without the search."""
+    import ray
+
+    from search.config import SearchConfigError, load_search_config
+    from search.driver import resolve_models, run_preflight
+    from search.preflight import PreflightError
+
+    try:
+        config = load_search_config(args.config)
+        run_preflight(config, resolve_models(config)[0])
+    except (SearchConfigError, ConnectionError, PreflightError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
     return 0
 
 
@@ -185,17 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     _example_options(prep)
     prep.set_defaults(func=cmd_prepare_example)
 
+    check = sub.add_parser("check", help="preflight only: models, eval set, judge, worker placement")
+    check.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="experiment config (YAML)")
+    check.set_defaults(func=cmd_check)
+
     sub.add_parser("methods", help="list merge methods").set_defaults(func=cmd_methods)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from merging import CheckpointError, IncompatibleModelsError, OutputExistsError, PlanError
+    from merging import CheckpointError, IncompatibleModelsError, ModelWriteError, OutputExistsError, PlanError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PlanError, CheckpointError, IncompatibleModelsError, OutputExistsError) as err:
+    except (PlanError, CheckpointError, IncompatibleModelsError, OutputExistsError, ModelWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

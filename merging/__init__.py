@@ -12,10 +12,10 @@ from merging.merger import Merger, NonFiniteMergeError, pick_device
 from merging.plan import MergePlan, ModelEntry, PlanError, load_plan, parse_plan
 from merging.registry import METHODS, MethodSpec, get_method, method_names, register
 from merging.validate import IncompatibleModelsError, check_compatible
-from merging.writer import OutputExistsError, write_model
+from merging.writer import ModelWriteError, OutputExistsError, write_model
 
 __all__ = [
     "CheckpointError", "IncompatibleModelsError", "METHODS", "MergePlan", "Merger", "MethodSpec", "ModelEntry",
-    "ModelFolder", "NonFiniteMergeError", "OutputExistsError", "PlanError", "check_compatible", "get_method",
-    "load_plan", "method_names", "parse_plan", "pick_device", "register", "write_model",
+    "ModelFolder", "ModelWriteError", "NonFiniteMergeError", "OutputExistsError", "PlanError", "check_compatible",
+    "get_method", "load_plan", "method_names", "parse_plan", "pick_device", "register", "write_model",
 ]

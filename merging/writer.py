@@ -3,18 +3,23 @@
 The folder appears all at once or not at all: everything is written into a temporary
 folder next to the destination (same filesystem, so the final rename is atomic) and a
 failure (disk full, permission denied, bad tensor) removes it. An existing destination
-is only replaced with `force=True`.
+is only replaced with `force=True`, and survives a failed replacement. The OS refusing a
+write is raised as ModelWriteError: one line naming the destination, the reason and the step.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from merging.checkpoint import INDEX_FILE, SINGLE_FILE
@@ -31,6 +36,20 @@ _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.floa
 
 class OutputExistsError(FileExistsError):
     pass
+
+
+class ModelWriteError(OSError):
+    """The OS refused a write of the model folder (disk full, permission denied, ...).
+
+    One message naming the destination, the OS reason and the step, so the CLI can print it
+    as one line instead of a traceback that ends in a temporary file's name."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# safetensors raises its own error for I/O failures; the OS error number is only in the text.
+_SAFETENSORS_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def write_model(
@@ -51,9 +70,10 @@ def write_model(
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not force:
         raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
+    with _writing(out_dir, "creating a temporary folder next to it"):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
     try:
         current: dict[str, torch.Tensor] = {}
         n_shards = 0
@@ -63,7 +83,8 @@ def write_model(
 
         def flush() -> None:
             nonlocal current, n_shards, shard_bytes
-            save_file(current, str(tmp / f"shard-{n_shards:05d}.safetensors"), metadata={"format": "pt"})
+            with _writing(out_dir, f"writing shard {n_shards + 1}, {shard_bytes:,} bytes"):
+                save_file(current, str(tmp / f"shard-{n_shards:05d}.safetensors"), metadata={"format": "pt"})
             current, n_shards, shard_bytes = {}, n_shards + 1, 0
 
         for name, tensor in tensors:
@@ -81,21 +102,64 @@ def write_model(
         if not weight_map:
             raise ValueError("no tensors to write")
         flush()
-        _name_shards(tmp, n_shards, weight_map, total_bytes)
-        _copy_metadata(base_dir, tmp, out_dtype)
+        with _writing(out_dir, "writing the shard index"):
+            _name_shards(tmp, n_shards, weight_map, total_bytes)
+        with _writing(out_dir, f"copying config and tokenizer files from {base_dir}"):
+            _copy_metadata(base_dir, tmp, out_dtype)
         for fname, text in (extra_files or {}).items():
-            (tmp / fname).write_text(text)
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(trash / "old")
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+            with _writing(out_dir, f"writing {fname}"):
+                (tmp / fname).write_text(text)
+        with _writing(out_dir, "moving the finished folder into place"):
+            _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder to `out_dir`; an old `out_dir` is kept if that fails."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    try:
+        out_dir.rename(trash / "old")
+    except BaseException:
+        trash.rmdir()
+        raise
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        (trash / "old").rename(out_dir)  # if even this fails, the old model stays in `trash`, not deleted
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def _writing(out_dir: Path, what: str) -> Iterator[None]:
+    """Turn an OS failure of the step `what` into a ModelWriteError naming `out_dir` and the reason.
+
+    Only write steps are wrapped: an error raised while computing the tensors (an unreadable
+    input checkpoint, a non-finite merge) is not a failure to write and keeps its own type."""
+    try:
+        yield
+    except ModelWriteError:
+        raise
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise _write_error(err.errno, out_dir, what) from err
+    except SafetensorError as err:
+        found = _SAFETENSORS_OS_ERROR.search(str(err))
+        if found is None:
+            raise
+        raise _write_error(int(found.group(1)), out_dir, what) from err
+
+
+def _write_error(code: int, out_dir: Path, what: str) -> ModelWriteError:
+    return ModelWriteError(code, f"could not write model to {out_dir}: {os.strerror(code)} ({what})")
 
 
 def _name_shards(folder: Path, n: int, weight_map: dict[str, int], total_bytes: int) -> None:

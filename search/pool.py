@@ -53,7 +53,14 @@ def start_ray(config: SearchConfig) -> None:
     if ray.is_initialized():
         return
     if config.experiment.ray_address:
-        ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
+        try:
+            ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
+        except (ConnectionError, ray.exceptions.RayError) as err:
+            raise ConnectionError(
+                f"experiment.ray_address: could not join the Ray cluster at {config.experiment.ray_address}: "
+                f"{_first_line(err)}. Is `ray start --head` running there? Ray 2.60 clusters use token auth: "
+                f"export RAY_AUTH_MODE=token and give the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+            ) from None
         return
     w = config.workers
     # Logical CPUs: the workers' share plus room for judge actors and the light trials.

@@ -58,9 +58,6 @@ def check_models(models: dict[str, str], *, allow_pickle: bool = False) -> list[
         except CheckpointError as err:
             problems.append(Problem(where, str(err), "convert it to safetensors, or fix the folder"))
     try:
-        if "base" in folders:
-            others = {k: f for k, f in folders.items() if k != "base"}
-            check_compatible("base", folders["base"], others)
         for key, folder in folders.items():
             odd = sorted({str(folder.dtype(n)).removeprefix("torch.") for n in folder.tensor_names()
                           if folder.dtype(n) not in MERGEABLE_DTYPES})
@@ -68,6 +65,8 @@ def check_models(models: dict[str, str], *, allow_pickle: bool = False) -> list[
                 problems.append(Problem(f"models.{'base' if key == 'base' else 'sources.' + key}",
                                         f"tensors in {', '.join(odd)}; merging needs bfloat16, float16 or float32",
                                         "use the unquantized checkpoint (dequantize before merging)"))
+        if "base" in folders:
+            check_compatible("base", folders["base"], {k: f for k, f in folders.items() if k != "base"})
     except IncompatibleModelsError as err:
         problems += [Problem("models.sources", p, "merge only variants fine-tuned from this base")
                      for p in err.problems]
