@@ -133,6 +133,9 @@ class WorkersConfig(_Strict):
     cpus: float = Field(2, gt=0, description="CPUs per merge worker")
     gpus: float = Field(0, ge=0, description="GPUs per merge worker (a fraction shares one GPU)")
     judges: int = Field(1, ge=1, description="judge actors")
+    judge_gpus: float = Field(0, ge=0, description="GPUs per judge actor: a `vllm` judge with the default executor "
+                                                   "needs its tensor_parallel_size here; 0 for an API judge, or with "
+                                                   "distributed_executor_backend: ray (vLLM places its own workers)")
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per merge worker, e.g. {merge_slot: 1} with "
                                           "`ray start --resources '{\"merge_slot\": 1}'` on each node: one worker per node")
@@ -190,6 +193,19 @@ class SearchConfig(_Strict):
         if 0 < share < 1 and util > share:
             raise ValueError(f"serving.engine.gpu_memory_utilization ({util}) must be ≤ workers.gpus ({share}) "
                              f"when {1 / share:.0f} workers share a GPU; set it to e.g. {round(share * 0.9, 2)}")
+        return self
+
+    @model_validator(mode="after")
+    def _gpus_cover_the_engines(self) -> "SearchConfig":
+        tp = self.serving.engine.tensor_parallel_size
+        if tp > 1 and self.workers.gpus < tp:
+            raise ValueError(f"workers.gpus ({self.workers.gpus:g}) must be ≥ serving.engine.tensor_parallel_size "
+                             f"({tp}): each merge worker's engine spans that many GPUs")
+        judge = self.judging.judge
+        if judge.backend == "vllm" and judge.distributed_executor_backend != "ray" and \
+                self.workers.judge_gpus and self.workers.judge_gpus < judge.tensor_parallel_size:
+            raise ValueError(f"workers.judge_gpus ({self.workers.judge_gpus:g}) must be ≥ the judge's "
+                             f"tensor_parallel_size ({judge.tensor_parallel_size})")
         return self
 
     @model_validator(mode="after")

@@ -91,7 +91,8 @@ def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, 
     judging = config.judging.model_dump(mode="json")
     if judging.get("cache_path") is None:
         judging["cache_path"] = str(exp_dir / "verdicts.sqlite")
-    judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1, max_restarts=w.max_restarts).remote(judging)
+    judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1, num_gpus=w.judge_gpus,
+                                 max_restarts=w.max_restarts).remote(judging)
               for n in judge_names]
     ray.get([a.info.remote() for a in workers] + [j.judge_items.remote([]) for j in judges])
     _HANDLES[namespace] = workers + judges  # the driver owns the actors: dropping the handles would kill them

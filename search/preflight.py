@@ -142,6 +142,11 @@ def check_placement(config: SearchConfig, nodes: list[dict[str, Any]]) -> list[P
         problems.append(Problem("workers.judges", f"{w.judges} judge actors need 1 CPU each; {judges_free:g} CPUs "
                                                   "are left after the merge workers",
                                 "lower workers.judges or workers.cpus"))
+    gpus_free = sum(r.get("GPU", 0.0) for r in free)
+    if placed == w.count and w.judge_gpus and gpus_free + 1e-9 < w.judges * w.judge_gpus:
+        problems.append(Problem("workers.judge_gpus", f"{w.judges} judge actors need {w.judge_gpus:g} GPU(s) each; "
+                                                      f"{gpus_free:g} GPUs are left after the merge workers",
+                                "lower workers.count or workers.judges, or use an API judge"))
     return problems
 
 

@@ -53,6 +53,8 @@ class EngineSettings(BaseModel):
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_kv_cache_gib: int = Field(2, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans (models too big for one "
+                                                          "GPU); the worker must hold as many (workers.gpus)")
     enforce_eager: bool = True  # torch.compile costs 40-60 s per engine start on CPU for ~25 % speed
     stage_merges: bool = Field(True, description="merge a whole plan before pushing it (a failed merge leaves the engine untouched)")
 

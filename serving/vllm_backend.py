@@ -65,6 +65,7 @@ class VLLMBackend(ServingBackend):
             worker_extension_cls=WORKER_EXTENSION, trust_remote_code=model_set.trust_remote_code)
         if not on_cpu():
             kwargs["gpu_memory_utilization"] = self.engine.gpu_memory_utilization
+            kwargs["tensor_parallel_size"] = self.engine.tensor_parallel_size
         try:
             self.llm = LLM(**kwargs)
             self.opened = self._rpc("soup_open", {k: str(v) for k, v in model_set.models.items()}, model_set.base,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from search.config import parse_search_config
+from search.config import SearchConfigError, parse_search_config
 from search.preflight import Problem, check_models, check_placement
 from conftest import TINY_CONFIG, tiny_llama_state, write_folder
 
@@ -94,3 +94,23 @@ def test_check_command_lists_every_problem_and_starts_nothing(tiny_family, tmp_p
     assert "judging.judge: the judge did not answer a test request" in err
     assert "workers: 1 merge workers need {CPU: 1, GPU: 1} each" in err
     assert not (tmp_path / "runs").exists()  # no experiment folder for a search that never started
+
+
+def test_judge_gpus_and_tensor_parallel_engines_are_checked():
+    [judge] = check_placement(_config(gpus=1, judge_gpus=2, judges=1), [_node(CPU=8, GPU=3)])
+    assert judge.where == "workers.judge_gpus" and "1 GPUs are left" in judge.what
+    with pytest.raises(SearchConfigError, match=r"workers.gpus \(1\) must be ≥ serving.engine.tensor_parallel_size"):
+        parse_search_config({"models": {"base": "b", "sources": {"x": "x", "y": "y"}}, "workers": {"gpus": 1},
+                             "serving": {"engine": {"tensor_parallel_size": 2}}})
+
+
+def test_pickle_checkpoint_is_refused_unless_the_config_opts_in(tiny_family, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_family["dpo"] / "config.json").read_text())
+    torch.save(tiny_llama_state(7), pickled / "pytorch_model.bin")
+    models = {"base": str(tiny_family["base"]), "p": str(pickled)}
+    [problem] = check_models(models)
+    assert problem.where == "models.sources.p" and "allow_pickle" in problem.what
+    assert check_models(models, allow_pickle=True) == []
+    assert parse_search_config({"models": {"base": "b", "sources": {"x": "x", "y": "y"}}}).models.allow_pickle is False
