@@ -322,25 +322,46 @@ def _read_jsonl(path: Path) -> tuple[_Rows, _Errors, list[str]]:
     errors: _Errors = []
     columns: dict[str, None] = {}
     row_no = 0
-    with path.open(encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing newline) are not rows
-            row_no += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append((row_no, f"{_where(row_no, line_no)}: invalid JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            if not isinstance(obj, dict):
-                errors.append((row_no, f"{_where(row_no, line_no)}: expected a JSON object, "
-                                       f"got {type(obj).__name__}"))
-                continue
-            columns.update(dict.fromkeys(map(str, obj)))
-            rows.append((row_no, line_no, obj))
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue  # blank lines (e.g. a trailing newline) are not rows
+                row_no += 1
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    errors.append((row_no, f"{_where(row_no, line_no)}: invalid JSON: {exc.msg} "
+                                           f"(column {exc.colno})"))
+                    continue
+                except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting past the stack
+                    reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                    errors.append((row_no, f"{_where(row_no, line_no)}: invalid JSON: {reason}"))
+                    continue
+                if not isinstance(obj, dict):
+                    errors.append((row_no, f"{_where(row_no, line_no)}: expected a JSON object, "
+                                           f"got {type(obj).__name__}"))
+                    continue
+                columns.update(dict.fromkeys(map(str, obj)))
+                rows.append((row_no, line_no, obj))
+    except UnicodeDecodeError:
+        errors.append((row_no + 1, _not_utf8(path)))
+        return rows, errors, list(columns)
     if row_no == 0:
         errors.append((0, "empty file: no rows"))
     return rows, errors, list(columns)
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8. The text reader decodes by chunks, so the offset in its
+    exception is not the file's: decode the bytes whole to find the line."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")  # a BOM is valid UTF-8, so offsets stay the file's
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return "not UTF-8 text"
 
 
 def _read_table(path: Path, fmt: str) -> tuple[_Rows, _Errors, list[str]]:

@@ -139,13 +139,22 @@ def parse_plan(data: Any, source: str = "<plan>") -> MergePlan:
 
 
 def read_yaml(path: Path, error: type[Exception]) -> Any:
-    """A YAML file's content; a missing file or broken YAML raises `error` naming the file."""
+    """A YAML file's content; a file that cannot be read or parsed raises `error` naming the file
+    (callers catch only their own error class, so nothing else may escape from here)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as err:  # a scalar the safe loader cannot construct: 2001-13-01, a 5000-digit int
+        raise error(f"{path}: a YAML value cannot be loaded: {err}") from None
 
 
 def load_plan(path: str | Path) -> MergePlan:
