@@ -11,6 +11,8 @@
     python run_search.py demo                 every merge method once on the example family
     python run_search.py methods              list the merge methods and their parameters
     python run_search.py check [--config C]   preflight only (models, eval set, judge, worker placement)
+    python run_search.py study soups|methods [--config C]
+                                              the heterogeneous-soups tables / the merge-method league
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def cmd_prepare_example(args: argparse.Namespace) -> int:
     from search.example_family import prepare_example
 
     _set_threads(args.threads)
-    for name, path in prepare_example(Path(args.data_dir), steps=args.train_steps).items():
+    for name, path in prepare_example(Path(args.data_dir), steps=args.train_steps,
+                                      homogeneous=args.homogeneous).items():
         print(f"{name:10s} {path}")
     return 0
 
@@ -106,6 +109,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         run_search(config, exp_dir, resume=exp_dir is not None)
     except (FileExistsError, ConnectionError, PreflightError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """One of the papers' studies on the configured family (see search/study.py)."""
+    from search.config import SearchConfigError, load_search_config
+    from search.preflight import PreflightError
+    from search.study import StudyError, run_methods_study, run_soups_study
+
+    exp_dir = Path(args.resume) if args.resume else None
+    try:
+        config = load_search_config(exp_dir / "config.yaml" if exp_dir else args.config)
+        if args.name:
+            config.experiment.name = args.name
+        elif not exp_dir:
+            config.experiment.name = f"{config.experiment.name}-study-{args.kind}"
+        run = run_soups_study if args.kind == "soups" else run_methods_study
+        run(config, exp_dir, resume=exp_dir is not None)
+    except (SearchConfigError, StudyError, FileExistsError, ConnectionError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -205,8 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare-example", help="build the example model family (cached)")
     prep.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    from search.example_family import homogeneous_arg  # validates the method names for a clean usage error
+
+    prep.add_argument("--homogeneous", type=homogeneous_arg, default=(), metavar="METHODS",
+                      help="also re-train these methods (comma-separated, e.g. dpo,kto) with seed 1 as <method>-s1: "
+                           "homogeneous pairs for the merge study")
     _example_options(prep)
     prep.set_defaults(func=cmd_prepare_example)
+
+    study = sub.add_parser("study", help="reproduce a study: soups (heterogeneous-soups tables, λ sweeps) or "
+                                         "methods (merge-method league table)")
+    study.add_argument("kind", choices=["soups", "methods"])
+    study.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="experiment config (YAML)")
+    study.add_argument("--name", default=None, help="experiment name (default: <config name>-study-<kind>)")
+    study.add_argument("--resume", metavar="EXP_DIR", default=None, help="continue a stopped study")
+    study.set_defaults(func=cmd_study)
 
     check = sub.add_parser("check", help="preflight only: models, eval set, judge, worker placement")
     check.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="experiment config (YAML)")

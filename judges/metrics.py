@@ -68,6 +68,15 @@ def _indicators(verdicts: Iterable[Verdict], dimension: str, rubric: Rubric) -> 
     return out
 
 
+def win_tie_indicators(verdicts: Sequence[Verdict], dimension: str,
+                       rubric: Rubric = DEFAULT_RUBRIC) -> dict[str, float]:
+    """item_id -> 1.0 if the candidate won or tied on `dimension`, else 0.0 (scored items only).
+
+    What a study keeps per item, so confidence intervals can be computed long after the
+    verdicts (WTR is the mean of these)."""
+    return _indicators(verdicts, dimension, rubric)
+
+
 def win_tie_rate(verdicts: Sequence[Verdict], dimension: str, rubric: Rubric = DEFAULT_RUBRIC) -> WTR:
     rubric.spec(dimension)  # unknown dimension -> clear KeyError
     applicable = _applicable(verdicts, dimension, rubric)
@@ -112,11 +121,12 @@ def _check(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be ≥ 1, got {n_resamples}")
 
 
-def bootstrap_wtr(verdicts: Sequence[Verdict], dimension: str, *, n_resamples: int = 1000, seed: int = 0,
-                  confidence: float = 0.95, rubric: Rubric = DEFAULT_RUBRIC) -> ConfidenceInterval:
-    """Percentile bootstrap CI of one dimension's WTR over the scored items."""
+def bootstrap_mean(values: np.ndarray, *, n_resamples: int = 1000, seed: int = 0,
+                   confidence: float = 0.95) -> ConfidenceInterval:
+    """Percentile bootstrap CI of a mean over items (per-item win/tie indicators, or
+    per-item differences of them): the one resampling rule every CI here uses."""
     _check(confidence, n_resamples)
-    x = np.fromiter(_indicators(verdicts, dimension, rubric).values(), dtype=float)
+    x = np.asarray(values, dtype=float)
     if x.size == 0:
         return ConfidenceInterval(math.nan, math.nan, math.nan, confidence, 0, n_resamples)
     rng = np.random.default_rng(seed)
@@ -124,16 +134,17 @@ def bootstrap_wtr(verdicts: Sequence[Verdict], dimension: str, *, n_resamples: i
     return _percentile_ci(x.mean(), x[idx].mean(axis=1), confidence, x.size, n_resamples)
 
 
+def bootstrap_wtr(verdicts: Sequence[Verdict], dimension: str, *, n_resamples: int = 1000, seed: int = 0,
+                  confidence: float = 0.95, rubric: Rubric = DEFAULT_RUBRIC) -> ConfidenceInterval:
+    """Percentile bootstrap CI of one dimension's WTR over the scored items."""
+    x = np.fromiter(_indicators(verdicts, dimension, rubric).values(), dtype=float)
+    return bootstrap_mean(x, n_resamples=n_resamples, seed=seed, confidence=confidence)
+
+
 def paired_bootstrap_diff(verdicts_a: Sequence[Verdict], verdicts_b: Sequence[Verdict], dimension: str, *,
                           n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
                           rubric: Rubric = DEFAULT_RUBRIC) -> ConfidenceInterval:
     """CI of WTR(a) − WTR(b) on the items both systems have scored, resampling items jointly."""
-    _check(confidence, n_resamples)
     a, b = _indicators(verdicts_a, dimension, rubric), _indicators(verdicts_b, dimension, rubric)
-    common = sorted(a.keys() & b.keys())
-    if not common:
-        return ConfidenceInterval(math.nan, math.nan, math.nan, confidence, 0, n_resamples)
-    d = np.array([a[i] - b[i] for i in common])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    return _percentile_ci(d.mean(), d[idx].mean(axis=1), confidence, d.size, n_resamples)
+    d = np.array([a[i] - b[i] for i in sorted(a.keys() & b.keys())])
+    return bootstrap_mean(d, n_resamples=n_resamples, seed=seed, confidence=confidence)

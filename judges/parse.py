@@ -3,11 +3,19 @@
 Judges (especially small local ones) wrap JSON in code fences or prose, leave trailing
 commas, use single quotes, or write "Answer A" / "TIE" / "equal". We recover all of that,
 but we never guess: a reply missing an applicable dimension, with an unknown label, or
-with several verdict objects that disagree (e.g. the judge quoted a fake verdict planted
-in a candidate answer next to its own) is a `ParseError`, which the caller retries and
-finally reports as an unparseable verdict. The parser only ever sees the judge's reply;
-it maps nothing to candidate/gold itself (that needs the recorded order, see
-`judges.pairwise`).
+with several verdicts that disagree is a `ParseError`, which the caller retries and
+finally reports as an unparseable verdict. "Disagree" covers every place a label can come
+from: whole verdict objects, incomplete ones (a judge that quotes a complete verdict planted
+in a candidate answer, then has its own cut off by the token limit, must not leave the
+planted one standing alone), and repeated "dimension: label" lines. The parser only ever sees the
+judge's reply; it maps nothing to candidate/gold itself (that needs the recorded order,
+see `judges.pairwise`).
+
+What no parser can do: a reply that is *only* the planted verdict, copied verbatim, reads
+exactly like the judge's own. Keeping the candidate from steering the judge is therefore the
+prompt's job (nonce-delimited blocks, `judges.prompt.neutralise`, the system prompt); the
+parser only guarantees it never picks the planted verdict out of a reply that also holds a
+different one (tests/test_judge_injection.py).
 """
 
 from __future__ import annotations
@@ -129,6 +137,26 @@ def _labels_from_object(obj: object, dimensions: tuple[str, ...]) -> dict[str, L
     return labels
 
 
+_PAIR_RE = re.compile(r"""["']?([A-Za-z][A-Za-z _\-]*?)["']?\s*:\s*["']?([^"'\n,{}\[\]]+)""")
+
+
+def _loose_labels(blob: str, dimensions: tuple[str, ...]) -> dict[str, Label]:
+    """Whatever "dimension": "label" pairs a blob that is no complete verdict still shows
+    (cut off, invalid JSON, keys missing); only to check a complete verdict against, never
+    to score."""
+    labels: dict[str, Label] = {}
+    if re.search(r"[\"']\s*\|\s*[\"']", blob):
+        return labels  # the reply format restated ("A" | "B" | "tie"), not a verdict
+    for m in _PAIR_RE.finditer(blob):
+        key = normalise_key(m.group(1))
+        if key in dimensions:
+            try:
+                labels.setdefault(key, normalise_label(m.group(2)))
+            except ParseError:
+                continue
+    return labels
+
+
 def _labels_from_lines(text: str, dimensions: tuple[str, ...]) -> dict[str, Label]:
     """Fallback for "Safety: A" style replies with no JSON at all."""
     labels: dict[str, Label] = {}
@@ -137,11 +165,13 @@ def _labels_from_lines(text: str, dimensions: tuple[str, ...]) -> dict[str, Labe
         if not m:
             continue
         key = normalise_key(m.group(1))
-        if key in dimensions and key not in labels:
+        if key in dimensions:
             try:
-                labels[key] = normalise_label(m.group(2))
+                label = normalise_label(m.group(2))
             except ParseError:
                 continue
+            if labels.setdefault(key, label) != label:
+                raise ParseError(f"disagreeing labels for {key}")
     missing = [d for d in dimensions if d not in labels]
     if missing:
         raise ParseError(f"no JSON object and missing dimensions {missing}")
@@ -153,17 +183,22 @@ def parse_verdict(reply: str | None, dimensions: tuple[str, ...]) -> dict[str, L
     if reply is None or not reply.strip():
         raise ParseError("empty reply")
     found: list[dict[str, Label]] = []
+    partial: list[dict[str, Label]] = []
     first_error: ParseError | None = None
     for blob in _balanced_objects(reply):
         try:
             found.append(_labels_from_object(_load_lenient(blob), dimensions))
         except ParseError as e:
             first_error = first_error or e
+            partial.append(_loose_labels(blob, dimensions))
     if not found:
         try:
-            return _labels_from_lines(reply, dimensions)
+            found.append(_labels_from_lines(reply, dimensions))
         except ParseError as e:
             raise (first_error or e) from None
     if any(f != found[0] for f in found[1:]):
         raise ParseError(f"{len(found)} verdict objects that disagree")
+    clash = sorted({d for p in partial for d, label in p.items() if found[0][d] != label})
+    if clash:
+        raise ParseError(f"an incomplete verdict object disagrees on {clash}")
     return found[0]

@@ -175,6 +175,50 @@ class ExperimentConfig(_Strict):
     ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a running cluster")
 
 
+SOUP_METHODS = ("lerp", "slerp", "slerp_lerp_norms")
+
+
+class StudyConfig(_Strict):
+    """`run_search.py study soups|methods`: the heterogeneous-soups tables and the method league.
+
+    λ is the share of the second model of a pair everywhere: λ = 0 is the first model,
+    λ = 1 the second (LERP θ = (1−λ)θ1 + λθ2; SLERP on alignment vectors with t = λ)."""
+
+    lambdas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75],
+                                 description="λ of the heterogeneous pairs (the paper's grid)")
+    homogeneous_lambdas: list[float] = Field(default_factory=lambda: [0.5])
+    soup_methods: list[Literal["lerp", "slerp", "slerp_lerp_norms"]] = Field(
+        default_factory=lambda: list(SOUP_METHODS),
+        description="lerp; slerp: SLERP of alignment vectors on all parameters; slerp_lerp_norms: norms LERP'd")
+    heterogeneous: list[tuple[str, str]] | None = Field(
+        None, description="pairs of different methods; default: every pair of sources that are not homogeneous "
+                          "re-runs")
+    homogeneous: list[tuple[str, str]] | None = Field(
+        None, description="pairs of runs of one method (another seed/data order); default with the example "
+                          "family: (m, m-s1) for m in example_homogeneous")
+    example_homogeneous: list[str] = Field(default_factory=lambda: ["dpo", "kto", "orpo"],
+                                           description="example variants re-trained with seed 1 for homogeneous pairs")
+    methods: list[str] | None = Field(None, description="study methods: default every registered merge method")
+    search_budget: int = Field(8, ge=0, description="study methods: searched trials after each method's defaults")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the confidence intervals")
+
+    @field_validator("lambdas", "homogeneous_lambdas")
+    @classmethod
+    def _unit(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0.0 <= v <= 1.0]
+        if bad or not values:
+            raise ValueError(f"λ values must be in [0, 1] and at least one given, got {values}")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str] | None) -> list[str] | None:
+        unknown = [m for m in methods or [] if m not in method_names()]
+        if unknown:
+            raise ValueError(f"unknown merge method(s) {unknown}; known: {', '.join(method_names())}")
+        return methods
+
+
 class SearchConfig(_Strict):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     models: ModelsConfig
@@ -184,6 +228,7 @@ class SearchConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     judging: JudgingConfig = Field(default_factory=JudgingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     @model_validator(mode="after")
     def _gpu_share_fits(self) -> "SearchConfig":

@@ -27,10 +27,11 @@ from merging import ModelFolder
 from search.config import SearchConfig
 from search.constraints import Constraint, parse_constraint
 from search.metrics import ObjectiveGauges
-from search.results import front_table, read_references, write_plan, write_references, write_results
+from search.results import (front_table, read_references, write_items, write_plan, write_references,
+                            write_results)
 from search.preflight import PreflightError, Problem, check_placement, preflight
 from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
-from search.scoring import mean_diff, score
+from search.scoring import item_indicators, mean_diff, score
 from search.soups import greedy_soup, soup_plan, soup_score
 from search.space import grid_points, suggest_plan
 
@@ -65,7 +66,7 @@ def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
     return eval_set
 
 
-def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float]:
+def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float, str]:
     """Score answers on one judge actor; a judge that died (Ray restarts it) is asked again."""
     items = [JudgeItem(i["id"], i["prompt"], i["gold"], a, i["category"]) for i, a in zip(ctx.items, answers)]
     first = hash(key) % len(ctx.judges)
@@ -73,7 +74,7 @@ def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float]
         name = ctx.judges[(first + attempt) % len(ctx.judges)]
         try:
             verdicts, judge_s = ray.get(ray.get_actor(name, namespace=ctx.namespace).judge_items.remote(items))
-            return score(verdicts, ctx.objectives), judge_s
+            return score(verdicts, ctx.objectives), judge_s, json.dumps(item_indicators(verdicts))
         except ray.exceptions.RayActorError:
             if attempt == ctx.retries:
                 raise
@@ -102,7 +103,7 @@ def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
         result["empty_answers"] = run.get("empty_answers")
     else:
         try:
-            metrics, judge_s = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
+            metrics, judge_s, result["items_json"] = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
             result |= metrics | mean_diff(metrics, ctx.references, ctx.sources)
             result |= {k: run[k] for k in ("merge_s", "swap_s", "generate_s", "empty_answers")}
             result["judge_s"] = judge_s
@@ -190,9 +191,11 @@ class ResultsCallback:
         number = int(config["trial_number"])
         params = {k: v for k, v in config.items() if k not in ("plan", "trial_number")}
         row = {"trial_number": number, "trial_id": trial_id, "params": json.dumps(params, sort_keys=True)}
-        row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config",)}
+        row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config", "items_json")}
         self.rows.append(row)
         write_plan(self.exp_dir, number, config["plan"])
+        if result.get("items_json"):
+            write_items(self.exp_dir, f"trial_{number:04d}", json.loads(result["items_json"]))
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
         self.gauges.update(self.rows, front, self.ctx.objectives)
         status = "ok" if row.get("status") == "ok" else f"[red]failed[/red]: {row.get('error', '')[:160]}"
@@ -215,52 +218,81 @@ def _tune_callback(recorder: ResultsCallback):
     return _Callback()
 
 
-def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False) -> Path:
-    """Run (or with `resume`, continue) the search; returns the experiment folder.
+@dataclass
+class Experiment:
+    """An opened experiment: folder, live pool (with the references scored) and constraints."""
 
-    Resuming keeps every finished trial (rows in trials.parquet, trials in the Optuna
-    study), marks trials that were running when the driver died as failed in the study
-    (their results never arrived) and runs only the trials still missing."""
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+    dir: Path
+    ctx: Context
+    constraints: list[Constraint]
+    n_layers: int
+    sources: list[str]
 
+
+def open_experiment(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False,
+                    models: tuple[dict[str, str], list[str]] | None = None) -> Experiment:
+    """Preflight, the experiment folder, the pool, and the base and sources scored (or read
+    back on resume): everything every strategy and study starts from."""
     exp_dir = exp_dir or config.experiment_dir()
     if not resume and (exp_dir / "trials.parquet").exists():
         raise FileExistsError(f"{exp_dir} already holds a search: continue it with --resume {exp_dir}, "
                               f"or set experiment.name to start a new one")
-    models, sources = resolve_models(config)
-    constraints = [parse_constraint(c, list(models)) for c in config.search.constraints]
-    eval_set = run_preflight(config, models)
+    paths, sources = models or resolve_models(config)
+    constraints = [parse_constraint(c, list(paths)) for c in config.search.constraints]
+    eval_set = run_preflight(config, paths)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    with ModelFolder(models["base"]) as base:
+    with ModelFolder(paths["base"]) as base:
         n_layers = base.n_layers()
     console.print(f"[bold]soupsearch[/bold] {config.experiment.name}: {len(sources)} sources {sources}, "
-                  f"{len(eval_set)} eval items, {config.search.n_trials} trials ({config.search.sampler}), "
-                  f"{config.workers.count} worker(s) → {exp_dir}")
-
-    ctx = start_pool(config, models, eval_set, exp_dir, sources)
+                  f"{len(eval_set)} eval items, {config.workers.count} worker(s) → {exp_dir}")
+    ctx = start_pool(config, paths, eval_set, exp_dir, sources)
     for info in worker_info(ctx):
         console.print(f"{info['worker']}: node {info.get('node_id', '?')[:12]}, pid {info.get('pid')}, "
                       f"{info.get('backend', info.get('error'))}")
-    ctx.references = read_references(exp_dir) or score_references(ctx, ["base", *sources])
+    known = read_references(exp_dir)
+    missing = [k for k in ["base", *sources] if k not in known]
+    ctx.references = known | (score_references(ctx, missing, exp_dir) if missing else {})
     write_references(exp_dir, ctx.references)
+    return Experiment(exp_dir, ctx, constraints, n_layers, sources)
 
+
+def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False,
+               points: list[dict[str, Any]] | None = None) -> Path:
+    """Run (or with `resume`, continue) the search; returns the experiment folder.
+
+    `points`: Optuna parameter sets to try first (e.g. every method at its defaults),
+    then the sampler takes over. Resuming keeps every finished trial (rows in
+    trials.parquet, trials in the Optuna study), marks trials that were running when the
+    driver died as failed in the study (their results never arrived) and runs only the
+    trials still missing."""
+    exp = open_experiment(config, exp_dir, resume=resume)
     if config.search.strategy != "optuna":
-        return run_soups(config.search.strategy, exp_dir, ctx, constraints, resume=resume)
+        return run_soups(config.search.strategy, exp, resume=resume)
+    return run_optuna(config, exp, resume=resume, points=points)
+
+
+def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
+               points: list[dict[str, Any]] | None = None) -> Path:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    ctx, exp_dir = exp.ctx, exp.dir
     storage_url = config.experiment.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
     rows = recover_rows(exp_dir, storage, config.experiment.name, ctx.objectives) if resume else []
-    space = PlanSpace(config.space, sources, "base", n_layers, pairwise=config.search.sampler == "grid")
+    space = PlanSpace(config.space, exp.sources, "base", exp.n_layers, pairwise=config.search.sampler == "grid")
+    # Enqueued points live in the study (WAITING until run), so a resumed run must not add them again.
+    points = None if resume else points
     searcher = make_searcher(OptunaSearch)(space=space, metric=ctx.objectives, mode=["max"] * len(ctx.objectives),
-                            sampler=make_sampler(config, sources), study_name=config.experiment.name,
-                            storage=storage)
+                                           sampler=make_sampler(config, exp.sources), study_name=config.experiment.name,
+                                           storage=storage, points_to_evaluate=points or None)
     n_trials = config.search.n_trials
     if config.search.sampler == "grid":
-        n_trials = min(n_trials, len(grid_points(config.space, sources)))
+        n_trials = min(n_trials, len(grid_points(config.space, exp.sources)))
     n_trials -= len(rows)
-    recorder = ResultsCallback(exp_dir, ctx, constraints, rows)
+    recorder = ResultsCallback(exp_dir, ctx, exp.constraints, rows)
     if resume:
         console.print(f"resuming: {len(rows)} finished trials kept, {max(n_trials, 0)} to run")
     if n_trials <= 0:
@@ -279,30 +311,46 @@ def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: boo
     return _finish(exp_dir, recorder, storage_url, started)
 
 
-def run_soups(strategy: str, exp_dir: Path, ctx: Context, constraints: list[Constraint], *,
-              resume: bool = False) -> Path:
+class FixedPlans:
+    """Evaluate given plans through the search's workers, judge and files, each once.
+
+    A plan is known by its `params` (what the row's `params` column holds); on resume,
+    plans already in trials.parquet are read back instead of evaluated again. The soups
+    baselines and the studies use this: same rows, same files as a search."""
+
+    def __init__(self, exp: Experiment, *, resume: bool = False):
+        import pandas as pd
+
+        path = exp.dir / "trials.parquet"
+        rows = pd.read_parquet(path).to_dict("records") if resume and path.exists() else []
+        self.exp = exp
+        self.recorder = ResultsCallback(exp.dir, exp.ctx, exp.constraints, rows)
+        self.done = {r["params"]: r for r in rows}
+        self.started = time.perf_counter()
+
+    def evaluate(self, params: dict[str, Any], plan: dict[str, Any], label: str = "plan") -> dict[str, Any]:
+        key = json.dumps(params, sort_keys=True)
+        if key not in self.done:
+            number = len(self.recorder.rows)
+            result = evaluate_plan(self.exp.ctx, plan)
+            self.recorder.record(f"{label}-{number}", {"plan": plan, "trial_number": number, **params}, result)
+            self.done[key] = self.recorder.rows[-1]
+        return self.done[key]
+
+    def finish(self, what: str) -> Path:
+        return _finish(self.exp.dir, self.recorder, what, self.started)
+
+
+def run_soups(strategy: str, exp: Experiment, *, resume: bool = False) -> Path:
     """The model-soups baselines, evaluated like trials: same workers, judge and files.
 
-    Each soup tried is one row (trial number in order, `params` naming the ingredients);
-    on resume, soups already in trials.parquet are read back instead of re-run."""
-    import pandas as pd
-
-    path = exp_dir / "trials.parquet"
-    rows = pd.read_parquet(path).to_dict("records") if resume and path.exists() else []
-    recorder = ResultsCallback(exp_dir, ctx, constraints, rows)
-    done = {r["params"]: r for r in rows}
-    started = time.perf_counter()
+    Each soup tried is one row (trial number in order, `params` naming the ingredients)."""
+    runner = FixedPlans(exp, resume=resume)
+    ctx = exp.ctx
 
     def evaluate(ingredients: list[str]) -> float:
-        params = json.dumps({"strategy": strategy, "ingredients": ingredients}, sort_keys=True)
-        if params not in done:
-            plan = soup_plan(ingredients, "base")
-            number = len(recorder.rows)
-            result = evaluate_plan(ctx, plan)
-            recorder.record(f"{strategy}-{number}", {"plan": plan, "trial_number": number, "strategy": strategy,
-                                                     "ingredients": ingredients}, result)
-            done[params] = recorder.rows[-1]
-        return soup_score(done[params], ctx.objectives)
+        params = {"strategy": strategy, "ingredients": ingredients}
+        return soup_score(runner.evaluate(params, soup_plan(ingredients, "base"), strategy), ctx.objectives)
 
     if strategy == "uniform_soup":
         evaluate(list(ctx.sources))
@@ -312,7 +360,7 @@ def run_soups(strategy: str, exp_dir: Path, ctx: Context, constraints: list[Cons
         for tried, value, kept in soup.tried:
             console.print(f"greedy soup: {'+'.join(tried)} → {value:.3f} {'kept' if kept else 'left out'}")
         console.print(f"greedy soup: [bold]{' + '.join(soup.ingredients)}[/bold]")
-    return _finish(exp_dir, recorder, "(no Optuna study: soups are not sampled)", started)
+    return runner.finish("(no Optuna study: soups are not sampled)")
 
 
 def _finish(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started: float) -> Path:
@@ -357,14 +405,15 @@ def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[
     return rows
 
 
-def score_references(ctx: Context, keys: list[str]) -> dict[str, dict[str, float]]:
+def score_references(ctx: Context, keys: list[str], exp_dir: Path) -> dict[str, dict[str, float]]:
     """Base and every source under the same judge: reference points for plots and constraints."""
     references = {}
     for key in keys:
         run = lease_and_run(ctx, key)
         if "error" in run:
             raise RuntimeError(f"reference model {key!r} could not be evaluated: {run['error']}")
-        metrics, _ = _judge(ctx, run["answers"], key)
+        metrics, _, items_json = _judge(ctx, run["answers"], key)
+        write_items(exp_dir, f"ref_{key}", json.loads(items_json))
         references[key] = {k: v for k, v in metrics.items() if k.startswith("wtr.")}
         console.print(f"reference {key}: " + ", ".join(f"{o}={metrics[o]:.3f}" for o in ctx.objectives))
     return references

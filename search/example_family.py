@@ -10,16 +10,22 @@ the same base (`search.example_training`), each trained towards its own answer s
 the bundled preference set (`search.example_preferences`), then checked for behaviour
 (`search.example_behaviour`). Everything is cached in the data folder; a variant is
 retrained only when its hyper-parameters or the preference file change.
+
+On request (`homogeneous=`) a method is also re-run with another seed (`dpo-s1`): the
+study compares merges of two runs of one method (a homogeneous pair, differing only in
+data order) with merges of two different methods, so it needs both kinds of pair.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from search.example_behaviour import MAX_NEW_TOKENS
-from search.example_preferences import DEFAULT_PREFERENCES, SLANTS, load_preferences
+from search.example_preferences import DEFAULT_PREFERENCES, load_preferences
 from search.example_training import (
     DEFAULT_SETTINGS, METADATA_FILE, METHODS, TrainingSettings, read_metadata, train_variant,
 )
@@ -39,6 +45,8 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "example"
 VARIANTS: tuple[str, ...] = METHODS
 BASE_BEHAVIOUR_FILE = "soupsearch_behaviour.json"
 FAMILY_FILE = "family.json"
+#: The seed of a homogeneous re-run; the standard variants use their settings' seed (0).
+HOMOGENEOUS_SEED = 1
 
 
 def gguf_path() -> Path:
@@ -76,9 +84,45 @@ def convert_base(out_dir: Path) -> Path:
     return out_dir
 
 
-def variant_settings(steps: int | None = None) -> dict[str, TrainingSettings]:
-    """The settings each variant is trained with; `steps` shortens every run (tests, smoke runs)."""
-    return {m: (s if steps is None else s.with_steps(steps)) for m, s in DEFAULT_SETTINGS.items()}
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown preference-optimisation method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def homogeneous_name(method: str, seed: int = HOMOGENEOUS_SEED) -> str:
+    """The folder/model name of `method` re-run with `seed` (`dpo-s1`).
+
+    The method's own seed is refused: that run is the standard variant, named `method`."""
+    _check_method(method)
+    if seed == DEFAULT_SETTINGS[method].seed:
+        raise ValueError(f"seed {seed} is {method}'s standard run; a homogeneous partner needs another seed")
+    return f"{method}-s{seed}"
+
+
+def homogeneous_settings(method: str, seed: int = HOMOGENEOUS_SEED, steps: int | None = None) -> TrainingSettings:
+    """The method's default settings with only the seed changed, so a pair differs in data order alone."""
+    homogeneous_name(method, seed)  # validates
+    settings = replace(DEFAULT_SETTINGS[method], seed=seed)
+    return settings if steps is None else settings.with_steps(steps)
+
+
+def variant_settings(steps: int | None = None, homogeneous: Sequence[str] = ()) -> dict[str, TrainingSettings]:
+    """The settings each variant is trained with, keyed by folder name: the standard variants,
+    then `homogeneous` re-runs in the given order. `steps` shortens every run (tests, smoke runs)."""
+    settings = {m: (s if steps is None else s.with_steps(steps)) for m, s in DEFAULT_SETTINGS.items()}
+    for method in dict.fromkeys(homogeneous):  # a repeated method names the same folder: train it once
+        settings[homogeneous_name(method)] = homogeneous_settings(method, steps=steps)
+    return settings
+
+
+def homogeneous_arg(text: str) -> tuple[str, ...]:
+    """argparse type of `--homogeneous dpo,kto`: an unknown method is a usage error naming the allowed ones."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or repr(text)}; choose from {', '.join(METHODS)}")
+    return methods
 
 
 def _is_current(meta: dict[str, Any] | None, settings: TrainingSettings, data_sha256: str) -> bool:
@@ -106,7 +150,8 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
         if "behaviour" not in record or record.get("profile_max_tokens", MAX_NEW_TOKENS) != max_tokens:
             record |= profile_model(paths[name], max_new_tokens=max_tokens) | {"profile_max_tokens": max_tokens}
             _write_json(store, record)
-        profiles[name] = {"behaviour": record["behaviour"], "answers": record["answers"]}
+        profiles[name] = {"behaviour": record["behaviour"], "answers": record["answers"],
+                          "slant": record.get("slant", "-")}  # a re-run (dpo-s1) keeps its method's slant
     names = list(paths)
     summary = {
         "behaviour": {n: profiles[n]["behaviour"] for n in names},
@@ -121,7 +166,7 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
     for n in names:
         b = summary["behaviour"][n]
         diff = "-" if n == "base" else str(summary["answers_differing"][f"base~{n}"])
-        table.add_row(n, SLANTS.get(n, "-"), f"{b['mean_words']:.1f}", f"{b['refusal_unsafe']:.2f}",
+        table.add_row(n, profiles[n]["slant"], f"{b['mean_words']:.1f}", f"{b['refusal_unsafe']:.2f}",
                       f"{b['refusal_safe']:.2f}", f"{b['follow_up']:.2f}", f"{b['caveat']:.2f}", diff)
     console.print(table)
     console.print("answers differing between variants: " + ", ".join(
@@ -131,8 +176,11 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
 
 def prepare_example(data_dir: Path = DEFAULT_DATA_DIR, *, steps: int | None = None,
                     preferences: Path = DEFAULT_PREFERENCES, profile: bool = True,
-                    profile_tokens: int = MAX_NEW_TOKENS, console: Console | None = None) -> dict[str, Path]:
-    """Create (once) and return the example family's folders: base, dpo, kto, orpo.
+                    profile_tokens: int = MAX_NEW_TOKENS, homogeneous: Sequence[str] = (),
+                    console: Console | None = None) -> dict[str, Path]:
+    """Create (once) and return the example family's folders: base, dpo, kto, orpo, then a
+    `<method>-s1` re-run for each method in `homogeneous` (none by default: each costs a
+    training run, and only the homogeneous-vs-heterogeneous comparison needs them).
 
     `profile_tokens` caps the held-out answers of the behaviour check (shorter answers
     make a quicker, less telling check; the tests use that).
@@ -141,20 +189,20 @@ def prepare_example(data_dir: Path = DEFAULT_DATA_DIR, *, steps: int | None = No
     here are the slowest part of the example."""
     console = console or Console()
     started = time.perf_counter()
+    settings = variant_settings(steps, homogeneous)  # first: an unknown method fails before any work
     data_dir.mkdir(parents=True, exist_ok=True)
     prefs = load_preferences(preferences)
-    settings = variant_settings(steps)
-    paths = {"base": data_dir / "base", **{m: data_dir / m for m in VARIANTS}}
+    paths = {"base": data_dir / "base", **{name: data_dir / name for name in settings}}
     todo = [] if (paths["base"] / "config.json").exists() else ["base"]
-    todo += [m for m in VARIANTS  # a new base invalidates every variant trained from the old one
-             if todo or not _is_current(read_metadata(paths[m]), settings[m], prefs.sha256)]
+    todo += [name for name in settings  # a new base invalidates every variant trained from the old one
+             if todo or not _is_current(read_metadata(paths[name]), settings[name], prefs.sha256)]
     for name in tqdm(todo, desc="preparing example models", unit="model", disable=not todo):
         if name == "base":
             convert_base(paths["base"])
             continue
         meta = train_variant(paths["base"], paths[name], settings[name], prefs)
-        console.print(f"{name}: {meta['steps']} steps towards '{meta['slant']}' answers, loss "
-                      f"{meta['first_loss']:.3f} → {meta['final_loss']:.3f}, {meta['wall_seconds']:.0f} s")
+        console.print(f"{name}: {meta['steps']} steps (seed {meta['seed']}) towards '{meta['slant']}' answers, "
+                      f"loss {meta['first_loss']:.3f} → {meta['final_loss']:.3f}, {meta['wall_seconds']:.0f} s")
     if profile:
         summary = _profile_family(paths, console, profile_tokens)
         summary |= {"preferences_sha256": prefs.sha256, "torch_threads": torch.get_num_threads()}

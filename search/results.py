@@ -7,6 +7,8 @@
     pareto.html                   2-D projections of the front, reference models marked
     hypervolume.csv               hypervolume of the front after each trial
     plans/trial_NNNN.yaml         each trial's merge plan (mergekit schema)
+    items/trial_NNNN.parquet      per item and dimension: win-or-tie (0/1), for confidence intervals;
+    items/ref_MODEL.parquet       the same for the base and each source
 """
 
 from __future__ import annotations
@@ -80,6 +82,23 @@ def read_references(exp_dir: Path) -> dict[str, dict[str, float]]:
         return {}
     frame = pd.read_csv(path)
     return {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in frame.to_dict("records")}
+
+
+def write_items(exp_dir: Path, key: str, indicators: dict[str, dict[str, float]]) -> Path:
+    """items/KEY.parquet: one row per (dimension, item) with its 0/1 win-or-tie: what
+    bootstrap confidence intervals of WTR and mean-diffs are computed from."""
+    rows = [{"dimension": d, "item_id": i, "win_tie": x} for d, items in indicators.items() for i, x in items.items()]
+    folder = exp_dir / "items"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.parquet"
+    table = pd.DataFrame(rows, columns=["dimension", "item_id", "win_tie"])
+    _atomic_write(path, lambda p: table.to_parquet(p, index=False))
+    return path
+
+
+def read_items(exp_dir: Path, key: str) -> pd.DataFrame | None:
+    path = exp_dir / "items" / f"{key}.parquet"
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def write_plan(exp_dir: Path, number: int, plan: dict[str, Any]) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from judges import EvalItem, JudgeItem, Verdict, VerdictStatus, win_tie_rates
+from judges import EvalItem, JudgeItem, Verdict, VerdictStatus, win_tie_indicators, win_tie_rates
 from search.config import DIMENSIONS
 
 
@@ -36,6 +36,11 @@ def score(verdicts: Sequence[Verdict], objectives: Sequence[str]) -> dict[str, f
     metrics["judge_unparseable"] = sum(v.status is VerdictStatus.UNPARSEABLE for v in verdicts)
     metrics["judge_failed"] = sum(v.status is VerdictStatus.FAILED for v in verdicts)
     return metrics
+
+
+def item_indicators(verdicts: Sequence[Verdict]) -> dict[str, dict[str, float]]:
+    """dimension -> item -> 1.0/0.0 win-or-tie: kept per trial for bootstrap intervals."""
+    return {dim: win_tie_indicators(verdicts, dim) for dim in DIMENSIONS}
 
 
 def mean_diff(metrics: Mapping[str, float], references: Mapping[str, Mapping[str, float]],

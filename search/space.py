@@ -119,6 +119,46 @@ def suggest_plan(trial: Trial, space: SpaceConfig, sources: list[str], base: str
     return plan
 
 
+#: Density of the sparsifying methods "at their defaults" (mergekit's examples use 0.5;
+#: the registry's own default, 1.0, keeps everything and would make them plain task arithmetic).
+DEFAULT_DENSITY = 0.5
+
+
+def default_point(method: str, space: SpaceConfig, sources: list[str], n_layers: int) -> dict[str, Any]:
+    """The Optuna parameters under which `suggest_plan` gives `method` at its defaults:
+    equal weights, task-vector scale 1, density 0.5, every curve knot and module
+    multiplier 1, seed 0, the first pair for two-model methods. Used to enqueue each
+    method's default merge before a search (the league table's baseline)."""
+    spec = get_method(method)
+    knots = _knots(space.layer_curve, n_layers)
+    picked = sources
+    point: dict[str, Any] = {"method": method}
+    if spec.max_models is not None and len(sources) > 2:
+        point["pair"] = f"{sources[0]}+{sources[1]}"
+        picked = sources[:2]
+
+    def simplex(prefix: str) -> dict[str, float]:
+        return {f"{prefix}lambda": 0.5} if len(picked) == 2 else {f"{prefix}w.{s}": 0.5 for s in picked}
+
+    if method in INTERPOLATION:
+        for j in range(knots):
+            point |= simplex(f"k{j}." if knots > 1 else "")
+    else:
+        if space.weights == "simplex":
+            point |= simplex("")
+        if space.layer_curve is not None:
+            point |= {f"curve.{j}": 1.0 for j in range(knots)}
+        if space.module_multipliers is not None:
+            point |= {f"module.{m}": 1.0 for m in space.module_multipliers.modules}
+        if "lambda" in spec.shared_params and space.scale.low != space.scale.high:
+            point["scale"] = min(max(1.0, space.scale.low), space.scale.high)
+    if method in SPARSE and space.density.low != space.density.high:
+        point["density"] = min(max(DEFAULT_DENSITY, space.density.low), space.density.high)
+    if method in ("dare_linear", "dare_ties", "della", "della_linear"):
+        point["seed"] = 0
+    return point
+
+
 def _by_module(weight: float | list[float], mults: dict[str, float]) -> list[dict[str, Any]]:
     """Filter entries (first match wins): each module class's weight times its multiplier."""
     def scaled(m: float) -> float | list[float]:

@@ -103,3 +103,35 @@ def smollm_family(smollm_base, tmp_path_factory) -> dict[str, Path]:
     return {"base": smollm_base,
             "a": perturbed_copy(smollm_base, root / "a", seed=1, relative_noise=0.02),
             "b": perturbed_copy(smollm_base, root / "b", seed=2, relative_noise=0.08)}
+
+
+@pytest.fixture(scope="module")
+def vllm_api_server(smollm_base, tmp_path_factory):
+    """vLLM's OpenAI-compatible server on the small model, base URL ".../v1" (judges.local_server;
+    shared by the judge tests; module scope so its memory is freed after each module)."""
+    from contextlib import ExitStack
+
+    from judges.local_server import LocalServerError, openai_api_server
+
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(openai_api_server(smollm_base, log))
+        except LocalServerError as e:
+            pytest.fail(str(e))
+        yield url
+
+
+EXAMPLE_STEPS = 2  # preference-optimisation steps per example variant in tests (the real example trains 20)
+EXAMPLE_PROFILE_TOKENS = 12  # the behaviour check's answer length in tests (the real example uses 96)
+
+
+@pytest.fixture(scope="session")
+def example_family(tmp_path_factory) -> dict[str, Path]:
+    """The example family built the real way but short: base, dpo, kto, orpo and one
+    homogeneous re-run (dpo-s1), shared by every test that needs trained variants."""
+    from search.example_family import prepare_example
+
+    torch.set_num_threads(2)
+    return prepare_example(tmp_path_factory.mktemp("example"), steps=EXAMPLE_STEPS,
+                           profile_tokens=EXAMPLE_PROFILE_TOKENS, homogeneous=("dpo",))

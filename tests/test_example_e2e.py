@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLE_PROFILE_TOKENS as PROFILE_TOKENS
+from conftest import EXAMPLE_STEPS as STEPS
 
 from merging import Merger, ModelFolder, parse_plan
 from run_search import main as soupsearch_main
@@ -23,14 +25,12 @@ from search.example_preferences import SLANTS, load_preferences
 from search.example_training import METADATA_FILE
 
 pytestmark = pytest.mark.slow
-STEPS = 2
-PROFILE_TOKENS = 12  # the behaviour check's answers; the real example uses 96
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory) -> dict[str, Path]:
-    torch.set_num_threads(2)
-    return prepare_example(tmp_path_factory.mktemp("example"), steps=STEPS, profile_tokens=PROFILE_TOKENS)
+def family(example_family) -> dict[str, Path]:
+    """The shared short-trained family (conftest), without its homogeneous re-run."""
+    return {k: example_family[k] for k in ("base", *VARIANTS)}
 
 
 def test_prepared_base_is_smollm2_and_answers(family):

