@@ -79,3 +79,14 @@ def test_cli_rejects_unknown_methods_and_passes_the_list_on(monkeypatch, tmp_pat
     assert seen["homogeneous"] == ("kto", "dpo")
     assert soupsearch_main(args) == 0
     assert seen["homogeneous"] == ()
+
+
+def test_kto_rows_are_shuffled_by_a_nonzero_seed_only():
+    from search.example_preferences import SLANTS, kto_rows, load_preferences
+    from search.example_training import _seeded_order
+
+    rows = kto_rows(load_preferences().rows, SLANTS["kto"], ["cautious"])
+    assert _seeded_order(rows, 0) == rows  # the standard kto run keeps its order (and its cached checkpoint)
+    reordered = _seeded_order(rows, 1)
+    assert reordered != rows and sorted(map(str, reordered)) == sorted(map(str, rows))
+    assert _seeded_order(rows, 1) == reordered != _seeded_order(rows, 2)
