@@ -124,6 +124,7 @@ def vllm_api_server(smollm_base, tmp_path_factory):
 
 EXAMPLE_STEPS = 2  # preference-optimisation steps per example variant in tests (the real example trains 20)
 EXAMPLE_PROFILE_TOKENS = 12  # the behaviour check's answer length in tests (the real example uses 96)
+EXAMPLE_HOMOGENEOUS = ("dpo",)  # one seeded re-run, for the homogeneous-pair tests
 
 
 @pytest.fixture(scope="session")
@@ -134,4 +135,4 @@ def example_family(tmp_path_factory) -> dict[str, Path]:
 
     torch.set_num_threads(2)
     return prepare_example(tmp_path_factory.mktemp("example"), steps=EXAMPLE_STEPS,
-                           profile_tokens=EXAMPLE_PROFILE_TOKENS, homogeneous=("dpo",))
+                           profile_tokens=EXAMPLE_PROFILE_TOKENS, homogeneous=EXAMPLE_HOMOGENEOUS)

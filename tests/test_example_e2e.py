@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import EXAMPLE_PROFILE_TOKENS as PROFILE_TOKENS
+from conftest import EXAMPLE_HOMOGENEOUS as HOMOGENEOUS
 from conftest import EXAMPLE_STEPS as STEPS
 
 from merging import Merger, ModelFolder, parse_plan
@@ -63,14 +64,14 @@ def test_variants_are_trained_bf16_checkpoints_of_the_base_with_metadata(family)
             assert set(meta["behaviour"]) == {"mean_words", "refusal_unsafe", "refusal_safe", "follow_up", "caveat"}
             assert len(meta["answers"]) == 12
     summary = json.loads((family["base"].parent / FAMILY_FILE).read_text())
-    assert set(summary["behaviour"]) == {"base", *VARIANTS} and "dpo~kto" in summary["answers_differing"]
+    assert {"base", *VARIANTS} <= set(summary["behaviour"]) and "dpo~kto" in summary["answers_differing"]
     # the variants load with transformers as plain checkpoints
     assert answer(family["dpo"], ("What is the capital of France?",), max_new_tokens=8)[0]
 
 
 def test_second_prepare_reuses_the_cache(family):
     stamps = {m: (family[m] / "model.safetensors").stat().st_mtime_ns for m in VARIANTS}
-    prepare_example(family["base"].parent, steps=STEPS, profile_tokens=PROFILE_TOKENS)
+    prepare_example(family["base"].parent, steps=STEPS, profile_tokens=PROFILE_TOKENS, homogeneous=HOMOGENEOUS)
     assert stamps == {m: (family[m] / "model.safetensors").stat().st_mtime_ns for m in VARIANTS}
 
 

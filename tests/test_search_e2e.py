@@ -157,29 +157,29 @@ def test_resume_after_killing_the_driver_keeps_finished_trials(smollm_family, tm
     assert sorted(t.number for t in complete) == sorted(after.trial_number)
 
 
-def test_unreachable_judge_fails_trials_with_the_reason_and_the_search_completes(smollm_family, tmp_path,
-                                                                                   ray_cleanup):
-    import socket
+def test_judge_answering_garbage_fails_trials_with_the_reason_and_the_search_completes(smollm_family, tmp_path,
+                                                                                       ray_cleanup):
+    """The judge answers (so preflight passes) but never with a readable verdict. A judge that
+    does not answer at all is stopped by preflight instead (tests/test_preflight.py)."""
+    from judge_server import JudgeServer
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = parse_search_config({
-        "experiment": {"name": "nojudge", "dir": str(tmp_path)},
-        "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
-                                                                   "b": str(smollm_family["b"])}},
-        "space": {"methods": ["linear"]},
-        "search": {"sampler": "random", "n_trials": 2},
-        "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
-        "judging": {"judge": {"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "judge",
-                              "api_key_env": None, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 2}},
-        "eval": {"set": "smoke"},
-    })
-    exp = run_search(config)
+    with JudgeServer() as judge:
+        config = parse_search_config({
+            "experiment": {"name": "nojudge", "dir": str(tmp_path)},
+            "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                       "b": str(smollm_family["b"])}},
+            "space": {"methods": ["linear"]},
+            "search": {"sampler": "random", "n_trials": 2},
+            "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
+            "judging": {"judge": {"backend": "openai", "base_url": judge.url, "model": "garbage",
+                                  "api_key_env": None, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5}},
+            "eval": {"set": "smoke"},
+        })
+        exp = run_search(config)
     trials = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == 2 and (trials.status == "failed").all()
     assert trials.error.str.contains("no verdict could be scored").all()
-    assert (trials.judge_failed == 8).all()  # every item counted as a judge failure, none scored
+    assert (trials.judge_unparseable == 8).all()  # every item counted as unreadable, none scored
     pareto = pd.read_csv(exp / "pareto.csv")
     assert len(pareto) == 0 and "trial_number" in pareto.columns
     study = optuna.load_study(study_name="nojudge", storage=f"sqlite:///{exp / 'optuna.db'}")
