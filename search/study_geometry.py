@@ -33,7 +33,10 @@ LAYER_GROUPS: tuple[tuple[str, str], ...] = (("attn", "attention"), ("mlp", "MLP
 OUTSIDE_TITLE = "embeddings / final norm / head"
 # Input side to output side: embeddings, final norm, head.
 _OUTSIDE_RANK = {"embed": 0, "norm": 1, "lm_head": 2}
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+# 18 distinguishable colours (tab10 order, then tab20's light tones): a family of 6 variants has
+# 15 pairs, and a repeated colour makes two angle curves look like one.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#ffbb78", "#c49c94", "#f7b6d2", "#9edae5")
 
 
 def write_geometry(models: dict[str, str], base_key: str, out_dir: Path) -> dict[str, Path]:
