@@ -14,6 +14,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from search.constraints import Constraint, parse_constraint
 from search.metrics import ObjectiveGauges
 from search.results import (front_table, read_references, write_items, write_plan, write_references,
                             write_results)
-from search.preflight import PreflightError, Problem, check_placement, preflight
+from search.preflight import PreflightError, check_inputs, check_placement
 from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
 from search.scoring import item_indicators, mean_diff, score
 from search.soups import greedy_soup, soup_plan, soup_score
@@ -38,12 +39,13 @@ from search.space import grid_points, suggest_plan
 console = Console()
 
 
-def resolve_models(config: SearchConfig) -> tuple[dict[str, str], list[str]]:
-    """Model keys → folders, and the source keys (everything but "base"); preflight checks them."""
+def resolve_models(config: SearchConfig, *, homogeneous: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """Model keys → folders, and the source keys (everything but "base"); preflight checks them.
+    `homogeneous`: with the example family, also its seeded re-runs of these methods (`dpo-s1`)."""
     if config.models.example:
         from search.example_family import prepare_example
 
-        paths = {k: str(v) for k, v in prepare_example().items()}
+        paths = {k: str(v) for k, v in prepare_example(homogeneous=tuple(homogeneous)).items()}
     else:
         paths = {"base": config.models.base, **config.models.sources}
     return paths, [k for k in paths if k != "base"]
@@ -52,12 +54,7 @@ def resolve_models(config: SearchConfig) -> tuple[dict[str, str], list[str]]:
 def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
     """Models, eval set and judge first (cheap, no Ray), then Ray up and placement; one
     PreflightError lists every problem. Returns the eval set the search will use."""
-    problems: list[Problem] = []
-    eval_set = None
-    try:
-        eval_set = preflight(config, models, nodes=None)
-    except PreflightError as err:
-        problems = err.problems
+    eval_set, problems = check_inputs(config, models)
     start_ray(config)
     problems += check_placement(config, ray.nodes())
     if problems:
@@ -66,7 +63,7 @@ def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
     return eval_set
 
 
-def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float, str]:
+def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float, dict[str, dict[str, float]]]:
     """Score answers on one judge actor; a judge that died (Ray restarts it) is asked again."""
     items = [JudgeItem(i["id"], i["prompt"], i["gold"], a, i["category"]) for i, a in zip(ctx.items, answers)]
     first = hash(key) % len(ctx.judges)
@@ -74,7 +71,7 @@ def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float]
         name = ctx.judges[(first + attempt) % len(ctx.judges)]
         try:
             verdicts, judge_s = ray.get(ray.get_actor(name, namespace=ctx.namespace).judge_items.remote(items))
-            return score(verdicts, ctx.objectives), judge_s, json.dumps(item_indicators(verdicts))
+            return score(verdicts, ctx.objectives), judge_s, item_indicators(verdicts)
         except ray.exceptions.RayActorError:
             if attempt == ctx.retries:
                 raise
@@ -98,12 +95,15 @@ def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
     result |= {"method": plan["merge_method"], "status": "failed", "error": ""}
     run = lease_and_run(ctx, plan)
     result |= {k: run[k] for k in ("worker", "node_id", "workers_lost") if k in run}
-    if "error" in run or no_text_error(run["answers"]):
-        result["error"] = run.get("error") or no_text_error(run["answers"])
+    error = run.get("error") or no_text_error(run["answers"])
+    if error:
+        result["error"] = error
         result["empty_answers"] = run.get("empty_answers")
     else:
         try:
-            metrics, judge_s, result["items_json"] = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
+            metrics, judge_s, items = _judge(ctx, run["answers"], json.dumps(plan, sort_keys=True))
+            # a string crosses Tune's result path intact (nested dicts may be flattened)
+            result["items_json"] = json.dumps(items)
             result |= metrics | mean_diff(metrics, ctx.references, ctx.sources)
             result |= {k: run[k] for k in ("merge_s", "swap_s", "generate_s", "empty_answers")}
             result["judge_s"] = judge_s
@@ -412,8 +412,8 @@ def score_references(ctx: Context, keys: list[str], exp_dir: Path) -> dict[str, 
         run = lease_and_run(ctx, key)
         if "error" in run:
             raise RuntimeError(f"reference model {key!r} could not be evaluated: {run['error']}")
-        metrics, _, items_json = _judge(ctx, run["answers"], key)
-        write_items(exp_dir, f"ref_{key}", json.loads(items_json))
+        metrics, _, items = _judge(ctx, run["answers"], key)
+        write_items(exp_dir, f"ref_{key}", items)
         references[key] = {k: v for k, v in metrics.items() if k.startswith("wtr.")}
         console.print(f"reference {key}: " + ", ".join(f"{o}={metrics[o]:.3f}" for o in ctx.objectives))
     return references

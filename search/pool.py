@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Context:
     namespace: str
     retries: int
     restart_timeout_s: float = 900.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def start_ray(config: SearchConfig) -> None:

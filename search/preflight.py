@@ -154,15 +154,9 @@ def _fmt(need: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in need.items()) + "}"
 
 
-def preflight(config: SearchConfig, models: dict[str, str], nodes: list[dict[str, Any]] | None) -> EvalSet:
-    """Run every check and raise PreflightError listing all problems; returns the eval set
-    (loaded and subset once, here). `nodes` None skips placement (Ray not started yet)."""
+def check_inputs(config: SearchConfig, models: dict[str, str]) -> tuple[EvalSet | None, list[Problem]]:
+    """The checks that need no Ray: models, eval set (loaded and subset once, here) and judge.
+    Placement (`check_placement`) is added by the caller once Ray is up."""
     problems = check_models(models, allow_pickle=config.models.allow_pickle)
     eval_set, eval_problems = check_eval_set(config)
-    problems += eval_problems + check_judge(config, eval_set)
-    if nodes is not None:
-        problems += check_placement(config, nodes)
-    if problems:
-        raise PreflightError(problems)
-    assert eval_set is not None
-    return eval_set
+    return eval_set, problems + eval_problems + check_judge(config, eval_set)

@@ -35,16 +35,6 @@ class StudyError(ValueError):
     """The study's settings do not fit the models; the message names the field."""
 
 
-def study_models(config: SearchConfig) -> tuple[dict[str, str], list[str]]:
-    """The models of a soups study: with the example family, its homogeneous re-runs too."""
-    if not config.models.example:
-        return resolve_models(config)
-    from search.example_family import prepare_example
-
-    paths = prepare_example(homogeneous=tuple(config.study.example_homogeneous))
-    return {k: str(v) for k, v in paths.items()}, [k for k in paths if k != "base"]
-
-
 def soup_points(study: StudyConfig, sources: list[str]) -> list[SoupPoint]:
     """Every merge of the soups study, heterogeneous pairs first."""
     homo = study.homogeneous if study.homogeneous is not None else [
@@ -80,7 +70,7 @@ def run_soups_study(config: SearchConfig, exp_dir: Path | None = None, *, resume
     from search.study_report import write_soups_report
 
     started = time.perf_counter()
-    models = study_models(config)
+    models = resolve_models(config, homogeneous=config.study.example_homogeneous)
     points = soup_points(config.study, models[1])  # before any expensive work: bad pairs fail fast
     exp = open_experiment(config, exp_dir, resume=resume, models=models)
     runner = FixedPlans(exp, resume=resume)

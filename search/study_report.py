@@ -42,6 +42,18 @@ def _with_intervals(frame: pd.DataFrame, keys: Sequence[str], items: Mapping[str
     return frame
 
 
+def _write(path: Path, text: str) -> str:
+    """Write a table's Markdown and hand it back, so REPORT.md embeds it without reading it again."""
+    path.write_text(text)
+    return text
+
+
+def _write_report(out: Path, lines: Sequence[str]) -> Path:
+    report = out / "REPORT.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
 def _n_items(items: Mapping[str, Mapping[str, Mapping[str, float]]]) -> int:
     return max((len(set().union(*(set(v) for v in by_dim.values()))) for by_dim in items.values() if by_dim),
                default=0)
@@ -120,10 +132,9 @@ def write_soups_report(config: SearchConfig, exp_dir: Path, models: Mapping[str,
     wtr.to_csv(out / "wtr.csv", index=False)
     table1.to_csv(out / "table1_meandiff.csv", index=False)
     sweep.to_csv(out / "lambda_sweep.csv", index=False)
-    cols = ["model", *DIMENSIONS, "average"]
-    (out / "wtr.md").write_text(markdown(wtr, cols))
-    t1_cols = ["method", "kind", "pair", *DIMENSIONS, "average"]
-    (out / "table1_meandiff.md").write_text(markdown(table1, t1_cols, intervals=True) if not table1.empty else "")
+    wtr_md = _write(out / "wtr.md", markdown(wtr, ["model", *DIMENSIONS, "average"]))
+    table1_md = _write(out / "table1_meandiff.md", markdown(table1, ["method", "kind", "pair", *DIMENSIONS, "average"],
+                                                            intervals=True) if not table1.empty else "")
     _figure_sweep(sweep, out / "lambda_sweep.png", out / "lambda_sweep.html")
     geometry = _geometry(models, out)
 
@@ -139,17 +150,15 @@ def write_soups_report(config: SearchConfig, exp_dir: Path, models: Mapping[str,
         + (f" {len(failed)} merges failed: see trials.csv." if len(failed) else ""), "",
         "## Table 1: WTR mean-diff (merge − mean of its two sources)", "",
         "Averaged over the row's λ values; the interval is for the λ = 0.5 merge.", "",
-        (out / "table1_meandiff.md").read_text(), "",
-        "## WTR of every model", "", (out / "wtr.md").read_text(), "",
+        table1_md, "",
+        "## WTR of every model", "", wtr_md, "",
         "## Figures", "",
         "- λ sweeps per dimension (Figure 2 layout): `lambda_sweep.png`, `lambda_sweep.html`",
         *[f"- {text}: `{path.name}`" for text, path in geometry.items()], "",
         "Files: `wtr.csv`, `table1_meandiff.csv` (with `_low`/`_high` interval columns), `lambda_sweep.csv`; "
         "per-merge rows in `../trials.parquet`, per-item outcomes in `../items/`.",
     ]
-    report = out / "REPORT.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return _write_report(out, lines)
 
 
 def _geometry(models: Mapping[str, str], out: Path) -> dict[str, Path]:
@@ -169,13 +178,13 @@ def write_methods_report(config: SearchConfig, exp_dir: Path, points: Sequence[M
     pareto = pd.read_csv(exp_dir / "pareto.csv")
     front = set(pareto.trial_number.astype(int)) if "trial_number" in pareto else set()
     defaults = {p["method"]: p for p in points}
-    league = league_table(trials, references, config.search.objectives, defaults, front)
+    league = league_table(trials, defaults, front)
     keys = [f"trial_{b:04d}" if b >= 0 else "" for b in league.best_trial]
     items = _items(exp_dir, [k for k in keys if k])
     league = _with_intervals(league, keys, items, config.study.bootstrap)
     league.to_csv(out / "league.csv", index=False)
     cols = ["rank", "method", *DIMENSIONS, "average", "default_average", "on_front", "best_trial", "trials"]
-    (out / "league.md").write_text(markdown(league, cols))
+    league_md = _write(out / "league.md", markdown(league, cols))
     refs = wtr_table(pd.DataFrame(), references)
     family = family_description(config, [k for k in references if k != "base"])
     lines = _header(config, family, _n_items(items), wall_s, "Merge-method league: study report")
@@ -185,11 +194,9 @@ def write_methods_report(config: SearchConfig, exp_dir: Path, points: Sequence[M
         f"them: {len(trials)} trials in all. Each row is the method's best trial by the average WTR over the "
         "seven dimensions; `on_front`: one of its trials is on the Pareto front of "
         f"{', '.join(config.search.objectives)}.", "",
-        (out / "league.md").read_text(), "",
+        league_md, "",
         "Reference models under the same judge:", "", markdown(refs, ["model", *DIMENSIONS, "average"]), "",
         "Files: `league.csv` (with `_low`/`_high` interval columns of the best trial), `../trials.parquet`, "
         "`../pareto.csv`, `../pareto.html`.",
     ]
-    report = out / "REPORT.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return _write_report(out, lines)

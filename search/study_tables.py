@@ -164,8 +164,7 @@ def markdown(frame: pd.DataFrame, columns: Sequence[str], *, intervals: bool = F
     return head + "\n".join(lines) + "\n"
 
 
-def league_table(trials: pd.DataFrame, references: Mapping[str, Mapping[str, float]], objectives: Sequence[str],
-                 defaults: Mapping[str, Mapping[str, object]], front: set[int]) -> pd.DataFrame:
+def league_table(trials: pd.DataFrame, defaults: Mapping[str, Mapping[str, object]], front: set[int]) -> pd.DataFrame:
     """The 3H benchmark's Table 3 layout: per method, its best trial (by the average WTR
     over the seven dimensions) with per-dimension WTR, the average, the rank, the average
     at its defaults, and whether any of its trials is on the search's Pareto front. A
