@@ -61,6 +61,16 @@ def write_folder(path: Path, state: dict[str, torch.Tensor], config: dict = TINY
 
 
 @pytest.fixture
+def ray_cleanup():
+    """Shut down the Ray a test started in this process (searches run in-process call ray.init)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
 def tiny_family(tmp_path: Path) -> dict[str, Path]:
     """A base and three 'fine-tuned' variants (base + small seeded deltas), float32."""
     base = tiny_llama_state(0)

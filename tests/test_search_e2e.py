@@ -25,13 +25,6 @@ pytestmark = pytest.mark.slow
 OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, ray_cleanup):
     config = parse_search_config({
         "experiment": {"name": "e2e", "dir": str(tmp_path)},

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import yaml
 
 from search.config import DIMENSIONS, parse_search_config
@@ -33,13 +32,6 @@ def _config(family: dict[str, Path], tmp_path: Path, name: str, **extra) -> dict
         "eval": {"set": "smoke", "subset": 4},
         **extra,
     }
-
-
-@pytest.fixture
-def ray_cleanup():
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def test_soups_study_tables_endpoints_and_report(example_family, tmp_path, ray_cleanup):
