@@ -19,17 +19,15 @@ from pathlib import Path
 import torch
 
 from merging.checkpoint import InMemoryModel, ModelFolder
+from merging.finite import NonFiniteMergeError, all_finite
 from merging.plan import MergePlan, PlanError
 from merging.resolve import resolve_call_kwargs
 from merging.validate import check_compatible
+from merging.weighted_sum import use_native
 
 # Elementwise methods process big tensors in slices that stay in the CPU caches:
 # inputs are upcast to float32 slice by slice instead of all at once.
 CHUNK_ELEMENTS = 1 << 18
-
-
-class NonFiniteMergeError(ArithmeticError):
-    """A merge produced NaN/inf; the search records the trial as failed with this message."""
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -149,13 +147,22 @@ class Merger:
             if spec.randomized:
                 kwargs["generator"] = _generator(plan.seed, name, self.device)
             dtype = out_dtype or first.dtype
-            if spec.elementwise and first.numel() > CHUNK_ELEMENTS:
-                merged = self._merge_chunked(spec.fn, inputs, base, kwargs, dtype, name, plan.merge_method)
-            else:
-                merged = spec.fn([t.float() for t in inputs], None if base is None else base.float(), **kwargs)
-                merged = merged.to(dtype)
-                self._check_finite(merged, name, plan.merge_method)
+            try:
+                merged = self._merge_one(spec, inputs, base, kwargs, dtype, name, plan.merge_method)
+            except NonFiniteMergeError:
+                raise NonFiniteMergeError(f"{plan.merge_method}: merged tensor {name} contains NaN or inf") from None
             yield name, merged
+
+    def _merge_one(self, spec, inputs, base, kwargs, dtype, name: str, method: str) -> torch.Tensor:
+        # A fused method reads the stored dtype and checks its own output. An elementwise
+        # one that would fall back to torch here merges cache-sized float32 chunks instead.
+        if spec.fused and not (spec.elementwise and not use_native(inputs + ([base] if base is not None else []))):
+            return spec.fn(inputs, base, out_dtype=dtype, **kwargs)
+        if spec.elementwise and inputs[0].numel() > CHUNK_ELEMENTS:
+            return self._merge_chunked(spec.fn, inputs, base, kwargs, dtype, name, method)
+        merged = spec.fn([t.float() for t in inputs], None if base is None else base.float(), **kwargs).to(dtype)
+        self._check_finite(merged, name, method)
+        return merged
 
     def merge_to_dict(self, plan: MergePlan) -> dict[str, torch.Tensor]:
         return dict(self.merge(plan))
@@ -183,13 +190,6 @@ class Merger:
             flat_out[start:stop].copy_(chunk)
             self._check_finite(flat_out[start:stop], name, method)  # after the cast: fp16 overflow too
         return out
-
-
-def all_finite(values: torch.Tensor) -> bool:
-    """True unless some element is NaN/inf. A float32 sum is NaN or inf whenever an element
-    is, and costs one vectorised pass (isfinite on bf16 is several times slower); only when
-    the sum is not finite (overflow of huge finite values included) does the exact test run."""
-    return bool(torch.isfinite(values.sum(dtype=torch.float32))) or bool(torch.isfinite(values).all())
 
 
 def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:

@@ -1,6 +1,7 @@
 """Merge methods by name.
 
-A merge method is a pure function over float32 tensors of one weight:
+A merge method is a pure function over the tensors of one weight (float32, or for `fused`
+methods the stored dtype):
 
     fn(tensors, base, *, <per-model params as sequences>, <shared params>, [generator], [module_class]) -> Tensor
 
@@ -39,6 +40,10 @@ class MethodSpec:
         so the merger may split big tensors into cache-sized chunks.
     needs_module_class: takes `module_class=` (e.g. "norm"), for methods that treat
         some kinds of tensor differently.
+    fused: takes the inputs in their stored float dtype and `out_dtype=`, returns that
+        dtype and raises merging.finite.NonFiniteMergeError on NaN/inf itself, so the
+        merger neither upcasts inputs nor re-reads the output (on CPU each is a pass over
+        memory as long as the merge; see merging.native).
     mergekit: the method exists in mergekit under the same name with the same meaning.
     """
 
@@ -52,6 +57,7 @@ class MethodSpec:
     randomized: bool = False
     elementwise: bool = False
     needs_module_class: bool = False
+    fused: bool = False
     mergekit: bool = True
 
 

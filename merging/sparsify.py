@@ -1,7 +1,10 @@
 """Sparsification of task vectors, and the generalized task-arithmetic mix built on it.
 
 Shared by ties, dare_linear/dare_ties, della/della_linear and breadcrumbs/breadcrumbs_ties
-(merging/methods/). The semantics are mergekit 0.1.5's (mergekit/sparsify.py and
+(merging/methods/), which say per model what to keep with a rule from `merging.keep_rules`.
+On CPU, when the fused kernels are built (`merging.native`), big tensors are merged by them
+in a counting pass per model and one mixing pass; this module is the torch code that runs
+everywhere else (GPUs, small tensors, DELLA) and that the kernels are tested against. The semantics are mergekit 0.1.5's (mergekit/sparsify.py and
 merge_methods/generalized_task_arithmetic.py); the implementation differs where mergekit
 sorts whole tensors or leaves the result to an unstable sort:
 
@@ -30,17 +33,23 @@ DELLA: the entry's own probability), which makes DARE and DELLA unbiased in expe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
+from merging.finite import NonFiniteMergeError, all_finite
+from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, model_seed,
+                                prev_float32, prime_at_least, top_k_count, uniform_draws, window_ranks)
+from merging.native import available as native_available
+from merging.native import task_vectors as native
+
 RESCALE_NORMS = ("l1", "inverse_density")
-RESCALE_EPS = 1e-7            # mergekit: no L1 rescale when either norm is below this
 DELLA_EXACT_ROW = 2048        # DELLA ranks are exact in rows up to this long, sampled beyond
 _DIRECT_SELECT = 1 << 18      # tensors up to this size use torch.kthvalue on all elements
 _SELECT_SAMPLE = (1 << 14, 1 << 16)  # sample size bounds (n/256 between them) for the bracket
 _BRACKET_SIGMAS = 5.0         # bracket half-width in binomial standard deviations
 _ROW_BLOCK = 1 << 20          # DELLA works through rows in blocks of about this many elements
+NATIVE_MIN_ELEMENTS = 1 << 16  # smaller tensors stay on torch (call overhead; exact small-case tests)
 
 
 class Workspace:
@@ -78,11 +87,6 @@ class Workspace:
         self._loans = {}
 
 
-# A sparsifier gets (model index, that model's float32 contiguous delta, the call's workspace),
-# sparsifies the delta in place and returns the factor to scale it by (1.0 for none).
-Sparsifier = Callable[[int, torch.Tensor, Workspace], float]
-
-
 def task_vector_params(*, normalize: bool, rescale: bool) -> dict[str, bool | float | str]:
     """Shared parameters of every generalized task-arithmetic method, with mergekit's defaults."""
     return {"int8_mask": False, "normalize": normalize, "rescale": rescale, "lambda": 1.0, "rescale_norm": "l1"}
@@ -111,23 +115,70 @@ def merge_task_vectors(
     base: torch.Tensor,
     *,
     weight: Sequence[float],
-    sparsify: Sparsifier | None,
+    rules: Sequence[KeepRule | None] | None,
     consensus: bool,
     normalize: bool,
     lambda_: float,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Generalized task arithmetic (mergekit's GeneralizedTaskArithmeticMerge).
 
-    δ_i = sparsify(θ_i − θ_base) · s_i (s_i the sparsifier's rescale factor), then
+    δ_i = keep_i(θ_i − θ_base) · s_i (keep_i = rules[i], s_i its rescale factor), then
 
     - consensus (TIES sign election): γ = sgn Σ_i w_i δ_i with 0 counted as +,
       m_i = [sgn(w_i δ_i) = γ] (a zero entry never agrees),
       mixed = Σ_i m_i w_i δ_i, D = Σ_i m_i w_i elementwise with 0 → 1;
     - otherwise: mixed = Σ_i w_i δ_i, D = Σ_i w_i with |D| < 1e-8 → 1;
 
-    θ = θ_base + λ · mixed / D, or θ_base + λ · mixed when not normalize.
+    θ = θ_base + λ · mixed / D, or θ_base + λ · mixed when not normalize. Inputs may be in
+    any float dtype; the result is in `out_dtype` (float32 when None). A NaN/inf result
+    raises NonFiniteMergeError.
     """
-    check_per_model(tensors, weight=weight)
+    rules = list(rules) if rules is not None else [None] * len(tensors)
+    check_per_model(tensors, weight=weight, rules=rules)
+    out_dtype = out_dtype or torch.float32
+    if (tensors and base.device.type == "cpu" and base.numel() >= NATIVE_MIN_ELEMENTS
+            and native.supports(rules) and native_available()):
+        merged, bad = native.merge(tensors, base, weight=weight, rules=rules, consensus=consensus,
+                                   normalize=normalize, lambda_=lambda_, out_dtype=out_dtype)
+        if bad:
+            raise NonFiniteMergeError(f"{bad} merged values are NaN or inf")
+        return merged
+    merged = _merge_torch([t.float() for t in tensors], base.float(), weight=weight, rules=rules,
+                          consensus=consensus, normalize=normalize, lambda_=lambda_)
+    if out_dtype != torch.float32:
+        merged = merged.to(out_dtype)  # (checked after the cast: float16 overflows)
+    if not all_finite(merged):
+        raise NonFiniteMergeError("merged values are NaN or inf")
+    return merged
+
+
+def apply_rule_(rule: KeepRule | None, model: int, delta: torch.Tensor, ws: Workspace) -> float:
+    """Sparsify a float32 contiguous delta in place by `rule`; returns its rescale factor."""
+    if rule is None:
+        return 1.0
+    if isinstance(rule, TopK):
+        return magnitude_(delta, rule.density, rule.rescale_norm, ws)
+    if isinstance(rule, RankWindow):
+        return magnitude_outliers_(delta, rule.density, rule.gamma, rule.rescale_norm, ws)
+    if isinstance(rule, RandomDrop):
+        return bernoulli_(delta, rule.density, rule.rescale_norm, model_seed(rule.seed, model), ws)
+    if isinstance(rule, DellaDrop):
+        return della_magprune_(delta, rule.density, rule.epsilon, rule.rescale_norm, rule.generator, ws)
+    raise TypeError(f"unknown keep rule {rule!r}")
+
+
+def _merge_torch(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    rules: Sequence[KeepRule | None],
+    consensus: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """merge_task_vectors on float32 tensors with torch ops."""
     if not tensors:
         return base.clone()
     ws = Workspace(base.device)
@@ -142,7 +193,7 @@ def merge_task_vectors(
         delta = torch.empty_like(out)
         for i, (tensor, w) in enumerate(zip(tensors, weight)):
             torch.sub(tensor, base, out=delta)
-            scale = sparsify(i, delta, ws) if sparsify is not None else 1.0
+            scale = apply_rule_(rules[i], i, delta, ws)
             coef = float(lambda_) * float(w) * scale / divisor
             if i == 0:
                 ws.end_loans()
@@ -156,7 +207,7 @@ def merge_task_vectors(
     coefs: list[float] = []
     for i, (tensor, w) in enumerate(zip(tensors, weight)):
         delta = torch.sub(tensor, base).contiguous()
-        scale = sparsify(i, delta, ws) if sparsify is not None else 1.0
+        scale = apply_rule_(rules[i], i, delta, ws)
         deltas.append(delta)
         coefs.append(float(w) * scale)
     ws.end_loans()
@@ -212,20 +263,6 @@ def _count(mask: torch.Tensor) -> int:
     return int(mask.count_nonzero())
 
 
-def _prev_float32(value: float) -> float:
-    """The largest float32 below `value`: |x| > prev(t) ⇔ |x| ≥ t for float32 x."""
-    t = torch.tensor(value, dtype=torch.float32)
-    return float(torch.nextafter(t, torch.tensor(-math.inf, dtype=torch.float32)))
-
-
-def _prime_at_least(n: int) -> int:
-    """Sampling strides are prime so that they do not alias with row lengths (powers of 2)."""
-    n = max(n, 2)
-    while any(n % p == 0 for p in range(2, math.isqrt(n) + 1)):
-        n += 1
-    return n
-
-
 class Selection:
     """The k-th smallest value t of a 1-D tensor, and how many elements are < t and == t."""
 
@@ -253,7 +290,7 @@ def kth_smallest(values: torch.Tensor, k: int, ws: Workspace | None = None) -> S
         t = float(torch.kthvalue(values, k).values)
         return Selection(t, _count(values < t), _count(values == t))
     ws = ws or Workspace(values.device)
-    stride = _prime_at_least(n // min(max(n // 256, _SELECT_SAMPLE[0]), _SELECT_SAMPLE[1]))
+    stride = prime_at_least(n // min(max(n // 256, _SELECT_SAMPLE[0]), _SELECT_SAMPLE[1]))
     sample = torch.sort(values[stride // 2 :: stride]).values
     m = sample.numel()
     limit = max(_DIRECT_SELECT, n // 16)  # elements we are willing to extract
@@ -370,7 +407,7 @@ def _boundary(mags: torch.Tensor, rank: int, descending: bool, ws: Workspace) ->
     cut = n
     if need < sel.n_equal and t != 0.0:  # (ties at 0 stay 0 whichever side they fall on)
         cut = _nth_true(torch.eq(mags, t, out=ws.get("select", n, torch.bool)), need) + 1
-    prev_t = _prev_float32(t)
+    prev_t = prev_float32(t)
     return (cut, t, prev_t) if not descending else (cut, prev_t, t)
 
 
@@ -453,7 +490,7 @@ def magnitude_(delta: torch.Tensor, density: float, rescale_norm: str | None = N
         delta.zero_()
         return 1.0
     before = _l1(delta) if rescale_norm == "l1" else 0.0
-    keep_rank_window_(delta, 0, max(1, int(density * n)), descending=True, ws=ws)
+    keep_rank_window_(delta, 0, top_k_count(density, n), descending=True, ws=ws)
     return _scalar_rescale(rescale_norm, before, delta, density)
 
 
@@ -471,27 +508,26 @@ def magnitude_outliers_(delta: torch.Tensor, density: float, gamma: float, resca
     if density <= 0:
         delta.zero_()
         return 1.0
-    target, n_top = int(density * n), int(gamma * n)
-    n_bot = max(0, n - target - n_top)
+    start, stop = window_ranks(RankWindow(density, gamma), n)
     before = _l1(delta) if rescale_norm == "l1" else 0.0
-    keep_rank_window_(delta, n_bot, n_bot + target, descending=False, ws=ws)
+    keep_rank_window_(delta, start, stop, descending=False, ws=ws)
     return _scalar_rescale(rescale_norm, before, delta, density)
 
 
-def bernoulli_(delta: torch.Tensor, density: float, rescale_norm: str | None = None,
-               generator: torch.Generator | None = None, ws: Workspace | None = None) -> float:
-    """DARE drop: keep each entry independently with probability density (u < density for
-    u ~ U[0, 1) drawn from `generator`). Returns the rescale factor."""
+def bernoulli_(delta: torch.Tensor, density: float, rescale_norm: str | None = None, seed: int = 0,
+               ws: Workspace | None = None) -> float:
+    """DARE drop: keep entry i iff u(seed, i) < density, u = keep_rules.uniform_draws (a
+    counter-based draw, so the native kernels drop the same entries). Returns the rescale factor."""
     if density >= 1 or delta.numel() == 0:
         return 1.0
     if density <= 0:
         delta.zero_()
         return 1.0
-    ws = ws or Workspace(delta.device)
     before = _l1(delta) if rescale_norm == "l1" else 0.0
-    keep = ws.get("work", delta.shape)
-    keep.uniform_(0.0, 1.0, generator=generator).lt_(density)  # 1.0 keep / 0.0 drop
-    delta.mul_(keep)
+    flat = delta.view(-1)
+    for start in range(0, flat.numel(), _ROW_BLOCK):
+        part = flat[start : start + _ROW_BLOCK]
+        part.mul_(uniform_draws(seed, start, part.numel(), delta.device).lt_(density))
     return _scalar_rescale(rescale_norm, before, delta, density)
 
 
@@ -636,11 +672,10 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     return _applied(delta, magnitude_outliers_(delta, density, gamma, rescale_norm))
 
 
-def bernoulli(tensor: torch.Tensor, density: float, rescale_norm: str | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def bernoulli(tensor: torch.Tensor, density: float, rescale_norm: str | None = None, seed: int = 0) -> torch.Tensor:
     """A float32 copy of `tensor` with DARE's random drop (`bernoulli_`)."""
     delta = _copy(tensor, rescale_norm)
-    return _applied(delta, bernoulli_(delta, density, rescale_norm, generator))
+    return _applied(delta, bernoulli_(delta, density, rescale_norm, seed))
 
 
 def della_magprune(tensor: torch.Tensor, density: float, epsilon: float, rescale_norm: str | None = None,

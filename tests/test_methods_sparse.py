@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from merging.keep_rules import prime_at_least
 from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from merging.methods.dare import dare_linear, dare_ties
 from merging.methods.della import della, della_linear
@@ -21,7 +22,6 @@ from merging.methods.ties import ties
 from merging.registry import METHODS
 from merging.sparsify import (
     DELLA_EXACT_ROW,
-    _prime_at_least,
     bernoulli,
     della_keep_probabilities,
     della_magprune,
@@ -195,7 +195,7 @@ def test_selection_brackets_big_tensors_and_survives_a_sample_that_misses(monkey
     assert sizes[-1] < n // 20  # only the bracket went through kthvalue
     # Structured data: the sampled positions (a fixed prime stride) hold huge values, so the
     # bracket is wrong; it must widen to what the sample cannot see and stay exact.
-    stride = _prime_at_least(n // (1 << 14))  # the sample size for n < 2^22
+    stride = prime_at_least(n // (1 << 14))  # the sample size for n < 2^22
     x[stride // 2 :: stride] += 1e6
     for k in (1, n // 2, n - n // stride - 3, n - 3):
         sel = kth_smallest(x, k)

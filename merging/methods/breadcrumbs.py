@@ -21,8 +21,9 @@ from functools import partial
 
 import torch
 
+from merging.keep_rules import RankWindow
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, magnitude_outliers_, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def breadcrumbs_merge(
@@ -38,12 +39,13 @@ def breadcrumbs_merge(
     lambda_: float = 1.0,
     rescale_norm: str = "l1",
     int8_mask: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, gamma=gamma)
     return merge_task_vectors(
         tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-        sparsify=lambda i, delta, ws: magnitude_outliers_(delta, density[i], gamma[i], norm, ws))
+        rules=[RankWindow(d, g, norm) for d, g in zip(density, gamma)], out_dtype=out_dtype)
 
 
 # The two registered variants differ only in sign election (and mergekit's normalize default).
@@ -51,7 +53,7 @@ breadcrumbs = partial(breadcrumbs_merge, consensus=False)
 breadcrumbs_ties = partial(breadcrumbs_merge, consensus=True)
 
 register(MethodSpec("breadcrumbs", breadcrumbs, model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params=task_vector_params(normalize=False, rescale=False)))
+                    shared_params=task_vector_params(normalize=False, rescale=False), fused=True))
 register(MethodSpec("breadcrumbs_ties", breadcrumbs_ties,
                     model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params=task_vector_params(normalize=False, rescale=False)))
+                    shared_params=task_vector_params(normalize=False, rescale=False), fused=True))

@@ -13,8 +13,11 @@ D = Σ_i m_i w_i (0 → 1) if normalize else 1. normalize defaults to false for 
 
 Defaults are mergekit's: rescale: true with rescale_norm: l1, i.e.
 τ̂_i = m ⊙ τ_i · ‖τ_i‖₁/‖m ⊙ τ_i‖₁ (close to 1/density_i for large tensors);
-rescale_norm: inverse_density gives the paper's unbiased 1/density_i. Draws come from the merger's per-tensor `generator`, so a plan seed
-reproduces a merge. Not elementwise: the L1 rescale is a whole-tensor norm.
+rescale_norm: inverse_density gives the paper's unbiased 1/density_i. The draw for entry j of
+model i is a counter-based hash of (seed, i, j) (`keep_rules.uniform_draws`), the seed being
+that of the merger's per-tensor `generator`: a plan seed reproduces a merge exactly, on any
+device and thread count, and the fused CPU kernel drops the same entries as the torch code.
+Not elementwise: the L1 rescale is a whole-tensor norm.
 """
 
 from collections.abc import Sequence
@@ -22,8 +25,9 @@ from functools import partial
 
 import torch
 
+from merging.keep_rules import RandomDrop
 from merging.registry import MethodSpec, register
-from merging.sparsify import bernoulli_, check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def dare(
@@ -38,12 +42,14 @@ def dare(
     lambda_: float = 1.0,
     rescale_norm: str = "l1",
     int8_mask: bool = False,
+    out_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density)
+    seed = generator.initial_seed() if generator is not None else 0
     return merge_task_vectors(tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-                              sparsify=lambda i, delta, ws: bernoulli_(delta, density[i], norm, generator, ws))
+                              rules=[RandomDrop(d, seed, norm) for d in density], out_dtype=out_dtype)
 
 
 # The two registered variants differ only in sign election (and mergekit's normalize default).
@@ -51,6 +57,6 @@ dare_linear = partial(dare, consensus=False)
 dare_ties = partial(dare, consensus=True)
 
 register(MethodSpec("dare_linear", dare_linear, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))
 register(MethodSpec("dare_ties", dare_ties, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))

@@ -21,8 +21,9 @@ from functools import partial
 
 import torch
 
+from merging.keep_rules import DellaDrop
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, della_magprune_, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def della_merge(
@@ -38,13 +39,14 @@ def della_merge(
     lambda_: float = 1.0,
     rescale_norm: str = "l1",
     int8_mask: bool = False,
+    out_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, epsilon=epsilon)
     return merge_task_vectors(
         tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-        sparsify=lambda i, delta, ws: della_magprune_(delta, density[i], epsilon[i], norm, generator, ws))
+        rules=[DellaDrop(d, e, generator, norm) for d, e in zip(density, epsilon)], out_dtype=out_dtype)
 
 
 # The two registered variants differ only in sign election (and mergekit's normalize default).
@@ -52,6 +54,6 @@ della_linear = partial(della_merge, consensus=False)
 della = partial(della_merge, consensus=True, normalize=True)
 
 register(MethodSpec("della", della, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params=task_vector_params(normalize=True, rescale=True), randomized=True))
+                    shared_params=task_vector_params(normalize=True, rescale=True), fused=True, randomized=True))
 register(MethodSpec("della_linear", della_linear, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params=task_vector_params(normalize=False, rescale=True), randomized=True))
+                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from merging.registry import MethodSpec, register
+from merging.weighted_sum import weighted_sum
 
 
 def linear(
@@ -17,17 +18,14 @@ def linear(
     *,
     weight: Sequence[float],
     normalize: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     total = float(sum(weight)) if normalize else 1.0
     if abs(total) < 1e-8:
         raise ValueError(f"linear: weights {list(weight)} sum to zero; cannot normalize")
     # Normalised coefficients up front: one pass per model, no separate division pass.
-    coefs = [float(w) / total for w in weight]
-    out = torch.mul(tensors[0], coefs[0])
-    for tensor, c in zip(tensors[1:], coefs[1:], strict=True):
-        out.add_(tensor, alpha=c)
-    return out
+    return weighted_sum(tensors, [float(w) / total for w in weight], out_dtype)
 
 
 register(MethodSpec("linear", linear, model_params={"weight": None}, shared_params={"normalize": True},
-                    base="none", elementwise=True))
+                    base="none", elementwise=True, fused=True))

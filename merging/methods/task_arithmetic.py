@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from merging.registry import MethodSpec, register
+from merging.weighted_sum import weighted_sum
 
 
 def task_arithmetic(
@@ -21,17 +22,15 @@ def task_arithmetic(
     weight: Sequence[float],
     normalize: bool = False,
     lambda_: float = 1.0,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     divisor = float(sum(weight)) if normalize else 1.0
     if abs(divisor) < 1e-8:
         divisor = 1.0
     # θ_base + Σ c_i (θ_i − θ_base) = (1 − Σ c_i) θ_base + Σ c_i θ_i: one pass per model.
     coefs = [float(lambda_) * float(w) / divisor for w in weight]
-    out = torch.mul(base, 1.0 - sum(coefs))
-    for tensor, c in zip(tensors, coefs, strict=True):
-        out.add_(tensor, alpha=c)
-    return out
+    return weighted_sum([base, *tensors], [1.0 - sum(coefs), *coefs], out_dtype)
 
 
 register(MethodSpec("task_arithmetic", task_arithmetic, model_params={"weight": None},
-                    shared_params={"normalize": False, "lambda": 1.0}, base="required", elementwise=True))
+                    shared_params={"normalize": False, "lambda": 1.0}, base="required", elementwise=True, fused=True))

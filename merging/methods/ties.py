@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
+from merging.keep_rules import TopK
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, magnitude_, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def ties(
@@ -31,13 +32,14 @@ def ties(
     rescale: bool = False,
     lambda_: float = 1.0,
     int8_mask: bool = False,
+    out_dtype: torch.dtype | None = None,
     rescale_norm: str = "l1",
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density)
     return merge_task_vectors(tensors, base, weight=weight, consensus=True, normalize=normalize, lambda_=lambda_,
-                              sparsify=lambda i, delta, ws: magnitude_(delta, density[i], norm, ws))
+                              rules=[TopK(d, norm) for d in density], out_dtype=out_dtype)
 
 
 register(MethodSpec("ties", ties, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=True, rescale=False)))
+                    shared_params=task_vector_params(normalize=True, rescale=False), fused=True))

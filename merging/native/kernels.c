@@ -1,0 +1,434 @@
+/* Fused CPU kernels for task-vector merges (see merging/native/__init__.py).
+ *
+ * Every kernel is single-threaded over an index range [start, stop) of flattened tensors;
+ * Python splits a tensor into block-aligned ranges and runs them on threads (ctypes drops
+ * the GIL). Per-block results (counts, sums) are written at the block's global index, so
+ * they do not depend on how many threads ran. Inputs are float32, bfloat16 or float16;
+ * work is done in float32 on chunks of CH elements that stay in L1, with each input read
+ * once per chunk: loads, converts, subtracts, masks and accumulates in one loop.
+ */
+#include <math.h>
+#include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#include <stdlib.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+#define CH 512           /* a power of two: chunks never straddle a 2^32 index boundary */
+#define BLOCK (1 << 16)  /* must match BLOCK in ops.py */
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct {
+    int64_t low_cut, high_cut;   /* index where the head thresholds give way to the tail ones */
+    float low_head, low_tail;    /* keep only |d| >  low  (head: index < low_cut)  */
+    float high_head, high_tail;  /* keep only |d| <= high (head: index < high_cut) */
+    float density;               /* random: keep only u(seed, index) < density     */
+    uint32_t seed;
+    int32_t random;
+    float coef;                  /* the kept delta's multiplier in the mix          */
+    float weight;                /* its share of the sign-election divisor          */
+} keep_t;
+
+/* Element i of a tensor of dtype dt, as float32. Called with a constant dt in the
+ * dtype-specialized copies of each loop (see DISPATCH). */
+INLINE float ld(const void *p, int dt, int64_t i) {
+    if (dt == F32) return ((const float *)p)[i];
+    if (dt == BF16) {
+        uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    return (float)((const _Float16 *)p)[i];
+}
+
+/* Stores v as element i of dtype dt (bf16: round to nearest, ties to even); returns 1 if
+ * the stored value is NaN or inf. */
+INLINE int st(void *p, int dt, int64_t i, float v) {
+    uint32_t x;
+    memcpy(&x, &v, 4);
+    if (dt == F32) {
+        ((float *)p)[i] = v;
+        return (x & 0x7f800000u) == 0x7f800000u;
+    }
+    if (dt == BF16) {
+        uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+        uint16_t h = (x & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((x >> 16) | 0x40u) : (uint16_t)rounded;
+        ((uint16_t *)p)[i] = h;
+        return (h & 0x7f80u) == 0x7f80u;
+    }
+    _Float16 h = (_Float16)v;
+    ((_Float16 *)p)[i] = h;
+    uint16_t bits;
+    memcpy(&bits, &h, 2);
+    return (bits & 0x7c00u) == 0x7c00u;
+}
+
+/* Runs BODY with a compile-time dtype constant DT, so that each loop is specialized. */
+#define DISPATCH(dt, ...)                                            \
+    do {                                                             \
+        if ((dt) == F32) { const int DT = F32; __VA_ARGS__; }        \
+        else if ((dt) == BF16) { const int DT = BF16; __VA_ARGS__; } \
+        else { const int DT = F16; __VA_ARGS__; }                    \
+    } while (0)
+
+/* Counter-based uniform draw: lowbias32 (Wellons) of the index mixed with the seed.
+ * merging/keep_rules.py:uniform_draws computes the same bits with torch. `mixed` is
+ * seed ^ (index >> 32) * 0x85ebca77, constant over a chunk. */
+INLINE float draw(uint32_t mixed, uint32_t index_lo) {
+    uint32_t h = index_lo * 0x9e3779b1u ^ mixed;
+    h ^= h >> 16; h *= 0x7feb352du;
+    h ^= h >> 15; h *= 0x846ca68bu;
+    h ^= h >> 16;
+    return (float)(h >> 8) * 0x1p-24f;
+}
+
+INLINE uint32_t draw_mix(const keep_t *k, int64_t i) {
+    return k->seed ^ (uint32_t)((uint64_t)i >> 32) * 0x85ebca77u;
+}
+
+/* Splits [i, i + n) at the rule's cut indices into at most 3 segments over which the
+ * thresholds are constant. Returns the number of segments. */
+static int segments(const keep_t *k, int64_t i, int n, int64_t *bounds, float *lo, float *hi) {
+    int64_t cuts[2] = {k->low_cut, k->high_cut};
+    if (cuts[0] > cuts[1]) { int64_t t = cuts[0]; cuts[0] = cuts[1]; cuts[1] = t; }
+    int s = 0;
+    bounds[0] = i;
+    for (int c = 0; c < 2; c++)
+        if (cuts[c] > bounds[s] && cuts[c] < i + n) bounds[++s] = cuts[c];
+    bounds[++s] = i + n;
+    for (int j = 0; j < s; j++) {
+        lo[j] = bounds[j] < k->low_cut ? k->low_head : k->low_tail;
+        hi[j] = bounds[j] < k->high_cut ? k->high_head : k->high_tail;
+    }
+    return s;
+}
+
+/* keep(x - b) for one model over [i, i + n): into d unless d is NULL, and added to acc
+ * (acc += coef · keep(x - b), a fused multiply-add) unless acc is NULL. fb holds b's chunk
+ * as float32 (zeros when there is no base). */
+static void kept_delta(float *restrict d, float *restrict acc, const void *x, const float *restrict fb, int dt,
+                       int64_t i, int n, const keep_t *k) {
+    int64_t bounds[4];
+    float los[3], his[3];
+    int ns = segments(k, i, n, bounds, los, his);
+    const float c = k->coef, density = k->density;
+    const uint32_t mixed = draw_mix(k, i), i0 = (uint32_t)i;
+    const int random = k->random;
+    for (int s = 0; s < ns; s++) {
+        const int a = (int)(bounds[s] - i), e = (int)(bounds[s + 1] - i);
+        const float lo = los[s], hi = his[s];
+#define KEPT(j) ({ float v_ = ld(x, DT, i + (j)) - fb[j], m_ = fabsf(v_);                           \
+                   int keep_ = (m_ > lo) & (m_ <= hi);                                              \
+                   if (random) keep_ &= draw(mixed, i0 + (uint32_t)(j)) < density;                 \
+                   keep_ ? v_ : 0.0f; })
+        DISPATCH(dt, {
+            if (d && acc) for (int j = a; j < e; j++) { float v = KEPT(j); d[j] = v; acc[j] = fmaf(v, c, acc[j]); }
+            else if (d) for (int j = a; j < e; j++) d[j] = KEPT(j);
+            else for (int j = a; j < e; j++) acc[j] = fmaf(KEPT(j), c, acc[j]);
+        });
+#undef KEPT
+    }
+}
+
+static void load_base(float *restrict fb, const void *b, int dt, int64_t i, int n) {
+    if (!b) { memset(fb, 0, (size_t)n * 4); return; }
+    DISPATCH(dt, { for (int j = 0; j < n; j++) fb[j] = ld(b, DT, i + j); });
+}
+
+static void magnitudes(float *restrict m, const void *x, const void *b, int dt, int64_t i, int n) {
+    if (b) DISPATCH(dt, { for (int j = 0; j < n; j++) m[j] = fabsf(ld(x, DT, i + j) - ld(b, DT, i + j)); });
+    else DISPATCH(dt, { for (int j = 0; j < n; j++) m[j] = fabsf(ld(x, DT, i + j)); });
+}
+
+/* Appends the d[k] with hit[k] set (k < n), and their indices i + k, to vals and idx;
+ * returns the new count. */
+static int64_t compact(const float *restrict d, const uint8_t *restrict hit, int n, int64_t i, float *restrict vals,
+                       int64_t *restrict idx, int64_t count) {
+#ifdef __AVX512F__
+    /* Compress in registers and store whole vectors (the caller leaves room for n values):
+     * the memory form of vcompress is microcoded and ~50x slower on AMD Zen 4. */
+    const __m512i step = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(hit + k));
+        __mmask16 mask = _mm_test_epi8_mask(bytes, bytes);
+        if (!mask) continue;
+        _mm512_storeu_ps(vals + count, _mm512_maskz_compress_ps(mask, _mm512_loadu_ps(d + k)));
+        __m512i base = _mm512_add_epi64(_mm512_set1_epi64(i + k), step);
+        int low = __builtin_popcount(mask & 0xff);
+        _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi64((__mmask8)(mask & 0xff), base));
+        _mm512_storeu_si512(idx + count + low, _mm512_maskz_compress_epi64(
+                                                   (__mmask8)(mask >> 8), _mm512_add_epi64(base, _mm512_set1_epi64(8))));
+        count += __builtin_popcount(mask);
+    }
+    for (; k < n; k++) { vals[count] = d[k]; idx[count] = i + k; count += hit[k]; }
+#else
+    for (int k = 0; k < n; k++) { vals[count] = d[k]; idx[count] = i + k; count += hit[k]; }  /* branch-free */
+#endif
+    return count;
+}
+
+/* lt[j] += #(d < piv[j]), le[j] += #(d <= piv[j]) over n magnitudes, all pivots in one
+ * loop when P is a compile-time constant (the counts stay in registers). */
+INLINE void count_pivots(const int P, const float *restrict d, int n, const float *piv, int64_t *lt, int64_t *le) {
+    int32_t cl[8] = {0}, ce[8] = {0};
+    float p[8];
+    for (int j = 0; j < P && j < 8; j++) p[j] = piv[j];
+    if (P <= 8) {
+        for (int k = 0; k < n; k++)
+            for (int j = 0; j < P; j++) { cl[j] += d[k] < p[j]; ce[j] += d[k] <= p[j]; }
+        for (int j = 0; j < P; j++) { lt[j] += cl[j]; le[j] += ce[j]; }
+        return;
+    }
+    for (int j = 0; j < P; j++) {
+        int32_t a = 0, e = 0;
+        for (int k = 0; k < n; k++) { a += d[k] < piv[j]; e += d[k] <= piv[j]; }
+        lt[j] += a;
+        le[j] += e;
+    }
+}
+
+/* One selection pass over [start, stop) for M models at once (the base is read once):
+ * with v = |x_m - b|, per model m, block blk (global index; nblocks in all) and pivot j,
+ *   lt[(m·nblocks + blk)·P + j] = #(v < piv[m·P + j]),  le[...] = #(v <= piv[m·P + j]);
+ * and for each of the model's G intervals g, the v with lo[m·G+g] < v < hi[m·G+g], in index
+ * order, into vals + (m·G+g)·cap and their indices into idx + (m·G+g)·cap (room for cap
+ * each), their number into found[m·G+g], or
+ * cap + 1 once they may not fit (counting goes on). */
+void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
+              const float *piv, int P, int64_t *lt, int64_t *le, int G, const float *lo, const float *hi,
+              float *vals, int64_t *idx, int64_t cap, int64_t *found) {
+    float fb[CH], d[CH];
+    uint8_t hit[CH];
+    for (int g = 0; g < M * G; g++) found[g] = 0;
+    for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
+        int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
+        for (int m = 0; m < M; m++)
+            for (int j = 0; j < P; j++) lt[(m * nblocks + blk) * P + j] = le[(m * nblocks + blk) * P + j] = 0;
+        for (int64_t i = blk0; i < blk_end; i += CH) {
+            int n = (int)(blk_end - i < CH ? blk_end - i : CH);
+            load_base(fb, b, dt, i, n);
+            for (int m = 0; m < M; m++) {
+                const void *x = xs[m];
+                DISPATCH(dt, { for (int k = 0; k < n; k++) d[k] = fabsf(ld(x, DT, i + k) - fb[k]); });
+                int64_t *mlt = lt + (m * nblocks + blk) * P, *mle = le + (m * nblocks + blk) * P;
+                if (P == 3) count_pivots(3, d, n, piv + m * P, mlt, mle);
+                else if (P == 6) count_pivots(6, d, n, piv + m * P, mlt, mle);
+                else count_pivots(P, d, n, piv + m * P, mlt, mle);
+                for (int g = m * G; g < (m + 1) * G; g++) {
+                    if (found[g] > cap) continue;
+                    const float l = lo[g], h = hi[g];
+                    uint8_t any = 0;
+                    for (int k = 0; k < n; k++) { hit[k] = (d[k] > l) & (d[k] < h); any |= hit[k]; }
+                    if (!any) continue;
+                    if (found[g] + n + 16 > cap) { found[g] = cap + 1; continue; }  /* compact writes up to n + 16 */
+                    found[g] = compact(d, hit, n, i, vals + g * cap, idx + g * cap, found[g]);
+                }
+            }
+        }
+    }
+}
+
+/* magnitudes |x[j] - b[j]| for the runs of `run` consecutive indices starting at first,
+ * first + stride, ... (m runs, each inside the tensor), into out (m·run values). Runs
+ * rather than single elements: one cache line then serves many samples. */
+void sample_mags(const void *x, const void *b, int dt, int64_t first, int64_t stride, int64_t m, int run, float *out) {
+    for (int64_t r = 0; r < m; r++) {
+        const int64_t i = first + r * stride;
+        float *o = out + r * run;
+        if (b) DISPATCH(dt, { for (int j = 0; j < run; j++) o[j] = fabsf(ld(x, DT, i + j) - ld(b, DT, i + j)); });
+        else DISPATCH(dt, { for (int j = 0; j < run; j++) o[j] = fabsf(ld(x, DT, i + j)); });
+    }
+}
+
+/* The global index of the nth (1-based) element of [start, stop) with |x - b| == t, or -1. */
+int64_t nth_equal(const void *x, const void *b, int dt, int64_t start, int64_t stop, float t, int64_t nth) {
+    float d[CH];
+    for (int64_t i = start; i < stop; i += CH) {
+        int n = (int)(stop - i < CH ? stop - i : CH);
+        magnitudes(d, x, b, dt, i, n);
+        for (int k = 0; k < n; k++)
+            if (d[k] == t && --nth == 0) return i + k;
+    }
+    return -1;
+}
+
+/* Σ|v| over n floats, in 16 interleaved partial sums (a vector register's worth: a single
+ * running float sum cannot be vectorized without reordering it). */
+static float abs_sum(const float *restrict v, int n) {
+    float part[16] = {0};
+    int k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (int l = 0; l < 16; l++) part[l] += fabsf(v[k + l]);
+    for (; k < n; k++) part[k & 15] += fabsf(v[k]);
+    float s = 0.0f;
+    for (int l = 0; l < 16; l++) s += part[l];
+    return s;
+}
+
+/* Per block of [start, stop): total[b] = Σ|d|, kept[b] = Σ|keep(d)| for d = x - b. */
+void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, const keep_t *rule,
+             double *total, double *kept) {
+    float fb[CH], d[CH];
+    keep_t all = *rule;
+    all.low_cut = all.high_cut = 0;
+    all.low_tail = -1.0f;
+    all.high_tail = INFINITY;
+    all.random = 0;
+    for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
+        int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
+        double t = 0.0, s = 0.0;
+        for (int64_t i = blk0; i < blk_end; i += CH) {
+            int n = (int)(blk_end - i < CH ? blk_end - i : CH);
+            load_base(fb, b, dt, i, n);
+            kept_delta(d, NULL, x, fb, dt, i, n, &all);
+            t += abs_sum(d, n);
+            kept_delta(d, NULL, x, fb, dt, i, n, rule);
+            s += abs_sum(d, n);
+        }
+        total[blk] = t;
+        kept[blk] = s;
+    }
+}
+
+/* mix() for any number of models: a chunk at a time, model by model through L1 buffers. */
+/* out = b + Σ_i coef_i keep_i(x_i - b)          (consensus 0; b NULL: out = Σ_i coef_i x_i)
+ * out = b + lambda · Σ_i a_i coef_i keep_i(d_i) / D   (consensus 1), a_i = [coef_i keep_i(d_i) has the
+ *   sign of Σ_j coef_j keep_j(d_j)] (a -0.0 sum counts as negative), D = Σ_i a_i weight_i (0 -> 1)
+ *   when normalize, else 1.
+ * Sums are fused multiply-adds in model order, the order (and rounding) of the torch code in
+ * merging/sparsify.py, so both elect the same sign where a sum cancels to about zero.
+ * Returns how many stored values are NaN or inf. */
+static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, void *out, int out_dt,
+                           int64_t start, int64_t stop, const keep_t *keeps, int consensus, int normalize,
+                           float lambda) {
+    float *buf = (float *)malloc((size_t)(M + 4) * CH * sizeof(float));
+    if (!buf) return -1;
+    float *fb = buf, *acc = buf + CH, *tmp = buf + 2 * CH, *den = buf + 3 * CH, *ds = buf + 4 * CH;
+    int64_t bad = 0;
+    for (int64_t i = start; i < stop; i += CH) {
+        int n = (int)(stop - i < CH ? stop - i : CH);
+        load_base(fb, b, dt, i, n);
+        if (!consensus) {
+            memcpy(acc, fb, (size_t)n * 4);
+            for (int m = 0; m < M; m++) kept_delta(NULL, acc, xs[m], fb, dt, i, n, &keeps[m]);
+        } else {
+            memset(acc, 0, (size_t)n * 4);  /* the sign sum */
+            for (int m = 0; m < M; m++) kept_delta(ds + (size_t)m * CH, acc, xs[m], fb, dt, i, n, &keeps[m]);
+            memset(tmp, 0, (size_t)n * 4);
+            memset(den, 0, (size_t)n * 4);
+            const uint32_t *restrict ua = (const uint32_t *)acc;
+            for (int m = 0; m < M; m++) {
+                const float *restrict d = ds + (size_t)m * CH;
+                const uint32_t *restrict ud = (const uint32_t *)d;
+                const float c = keeps[m].coef, mag = fabsf(c), w = keeps[m].weight;
+                /* sgn(c·d) = sgn(sum) ⇔ the sign bits of d, c and the sum xor to 0 (d ≠ 0, c ≠ 0) */
+                const uint32_t flip = c < 0.0f ? 0x80000000u : 0u;
+                const int live = c != 0.0f;
+                for (int k = 0; k < n; k++) {
+                    int agree = live & (d[k] != 0.0f) & (((ud[k] ^ ua[k] ^ flip) & 0x80000000u) == 0);
+                    tmp[k] = fmaf(mag, agree ? fabsf(d[k]) : 0.0f, tmp[k]);
+                    den[k] += agree ? w : 0.0f;
+                }
+            }
+            for (int k = 0; k < n; k++) {
+                float g = copysignf(1.0f, acc[k]);
+                float r = normalize ? g / (den[k] == 0.0f ? 1.0f : den[k]) : g;
+                acc[k] = fmaf(tmp[k] * r, lambda, fb[k]);
+            }
+        }
+        int nb = 0;
+        DISPATCH(out_dt, { for (int k = 0; k < n; k++) nb += st(out, DT, i + k, acc[k]); });
+        bad += nb;
+    }
+    free(buf);
+    return bad;
+}
+
+/* mix() for M ≤ 4 models with M, the input dtype, sign election and random drops known at
+ * compile time: every element is loaded, masked, elected and mixed in registers in one
+ * loop, with no L1 round trips between models. Same arithmetic, in the same order, as
+ * mix_general. */
+INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int CONSENSUS, const void *const *xs,
+                         const void *b, void *out, int out_dt, int64_t start, int64_t stop, const keep_t *keeps,
+                         int normalize, float lambda) {
+    float res[CH], fb[CH];
+    int64_t bad = 0;
+    for (int64_t i = start; i < stop; i += CH) {
+        const int n = (int)(stop - i < CH ? stop - i : CH);
+        const uint32_t i0 = (uint32_t)i;
+        load_base(fb, b, DT, i, n);
+        int low_cut[4], high_cut[4];
+        uint32_t mixed[4];
+        float coef[4], mag[4], sign_c[4], weight[4], lh[4], lt[4], hh[4], ht[4], density[4];
+        int live[4];
+        for (int m = 0; m < M; m++) {
+            const keep_t *k = &keeps[m];
+            low_cut[m] = (int)(k->low_cut <= i ? 0 : k->low_cut >= i + n ? n : k->low_cut - i);
+            high_cut[m] = (int)(k->high_cut <= i ? 0 : k->high_cut >= i + n ? n : k->high_cut - i);
+            lh[m] = k->low_head; lt[m] = k->low_tail; hh[m] = k->high_head; ht[m] = k->high_tail;
+            coef[m] = k->coef; mag[m] = fabsf(k->coef); weight[m] = k->weight; density[m] = k->density;
+            sign_c[m] = k->coef < 0.0f ? -1.0f : 1.0f;
+            live[m] = k->coef != 0.0f;
+            mixed[m] = RANDOM && k->random ? draw_mix(k, i) : 0u;
+        }
+        for (int j = 0; j < n; j++) {
+            const float bv = fb[j];
+            float d[4], s = CONSENSUS ? 0.0f : bv;
+            for (int m = 0; m < M; m++) {
+                float v = ld(xs[m], DT, i + j) - bv, a = fabsf(v);
+                float lo = j < low_cut[m] ? lh[m] : lt[m], hi = j < high_cut[m] ? hh[m] : ht[m];
+                int keep = (a > lo) & (a <= hi);
+                if (RANDOM) keep &= (keeps[m].random == 0) | (draw(mixed[m], i0 + (uint32_t)j) < density[m]);
+                d[m] = keep ? v : 0.0f;
+                s = fmaf(d[m], coef[m], s);
+            }
+            if (CONSENSUS) {
+                /* sgn(c·d) = γ = sgn(s) (−0.0 negative) ⇔ sgn(c)·γ·d > 0, exact: only signs change */
+                const float g = copysignf(1.0f, s);
+                float acc = 0.0f, den = 0.0f;
+                for (int m = 0; m < M; m++) {
+                    float t = d[m] * (sign_c[m] * g);
+                    int agree = live[m] & (t > 0.0f);
+                    acc = fmaf(mag[m], agree ? t : 0.0f, acc);
+                    den += agree ? weight[m] : 0.0f;
+                }
+                float r = normalize ? g / (den == 0.0f ? 1.0f : den) : g;
+                res[j] = fmaf(acc * r, lambda, bv);
+            } else {
+                res[j] = s;
+            }
+        }
+        int nb = 0;
+        DISPATCH(out_dt, { for (int k = 0; k < n; k++) nb += st(out, DT, i + k, res[k]); });
+        bad += nb;
+    }
+    return bad;
+}
+
+#define MIX_FUSED(M_) \
+    DISPATCH(dt, { \
+        if (random && consensus) return mix_fused(M_, DT, 1, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (random) return mix_fused(M_, DT, 1, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (consensus) return mix_fused(M_, DT, 0, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        return mix_fused(M_, DT, 0, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+    })
+
+/* out = b + Σ_i coef_i keep_i(x_i - b)          (consensus 0; b NULL: out = Σ_i coef_i x_i)
+ * out = b + lambda · Σ_i a_i coef_i keep_i(d_i) / D   (consensus 1); see mix_general.
+ * Returns how many stored values are NaN or inf. */
+int64_t mix(const void *const *xs, int M, const void *b, int dt, void *out, int out_dt, int64_t start,
+            int64_t stop, const keep_t *keeps, int consensus, int normalize, float lambda) {
+    int random = 0;
+    for (int m = 0; m < M; m++) random |= keeps[m].random;
+    switch (M) {
+    case 1: MIX_FUSED(1); break;
+    case 2: MIX_FUSED(2); break;
+    case 3: MIX_FUSED(3); break;
+    case 4: MIX_FUSED(4); break;
+    }
+    return mix_general(xs, M, b, dt, out, out_dt, start, stop, keeps, consensus, normalize, lambda);
+}
