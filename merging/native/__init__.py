@@ -49,9 +49,9 @@ def _cpu_id() -> str:
 
 
 def _build(compiler: str) -> Path:
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), _cpu_id()])
-                         .encode()).hexdigest()[:16]
-    target = cache_dir() / f"kernels-{key}.so"
+    machine = hashlib.sha256(f"{platform.machine()}\0{_cpu_id()}".encode()).hexdigest()[:8]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernels-{machine}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +68,11 @@ def _build(compiler: str) -> Path:
             if proc.returncode != 0:
                 raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{proc.stderr[-2000:]}")
             os.replace(tmp, target)
+            # This CPU's builds of older sources go (unlinking a loaded library is safe);
+            # other CPUs' builds stay, for clusters that share a home folder.
+            for stale in target.parent.glob(f"kernels-{machine}-*.so"):
+                if stale != target:
+                    stale.unlink(missing_ok=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

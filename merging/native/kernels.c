@@ -171,23 +171,29 @@ static int64_t compact(const float *restrict d, const uint8_t *restrict hit, int
     return count;
 }
 
-/* lt[j] += #(d < piv[j]), le[j] += #(d <= piv[j]) over n magnitudes, all pivots in one
- * loop when P is a compile-time constant (the counts stay in registers). */
-INLINE void count_pivots(const int P, const float *restrict d, int n, const float *piv, int64_t *lt, int64_t *le) {
-    int32_t cl[8] = {0}, ce[8] = {0};
-    float p[8];
-    for (int j = 0; j < P && j < 8; j++) p[j] = piv[j];
-    if (P <= 8) {
-        for (int k = 0; k < n; k++)
-            for (int j = 0; j < P; j++) { cl[j] += d[k] < p[j]; ce[j] += d[k] <= p[j]; }
-        for (int j = 0; j < P; j++) { lt[j] += cl[j]; le[j] += ce[j]; }
-        return;
+/* lt[j] += #(d < piv[j]), le[j] += #(d <= piv[j]) over n magnitudes, three pivots at a
+ * time with named accumulators, so that the loop over d vectorizes with the counts in
+ * registers (an inner loop over an array of counts would be vectorized the wrong way). */
+static void count_pivots(int P, const float *restrict d, int n, const float *piv, int64_t *lt, int64_t *le) {
+    int j = 0;
+    for (; j + 3 <= P; j += 3) {
+        const float p0 = piv[j], p1 = piv[j + 1], p2 = piv[j + 2];
+        int32_t l0 = 0, l1 = 0, l2 = 0, e0 = 0, e1 = 0, e2 = 0;
+        for (int k = 0; k < n; k++) {
+            const float v = d[k];
+            l0 += v < p0; e0 += v <= p0;
+            l1 += v < p1; e1 += v <= p1;
+            l2 += v < p2; e2 += v <= p2;
+        }
+        lt[j] += l0; lt[j + 1] += l1; lt[j + 2] += l2;
+        le[j] += e0; le[j + 1] += e1; le[j + 2] += e2;
     }
-    for (int j = 0; j < P; j++) {
-        int32_t a = 0, e = 0;
-        for (int k = 0; k < n; k++) { a += d[k] < piv[j]; e += d[k] <= piv[j]; }
-        lt[j] += a;
-        le[j] += e;
+    for (; j < P; j++) {
+        const float p0 = piv[j];
+        int32_t l0 = 0, e0 = 0;
+        for (int k = 0; k < n; k++) { l0 += d[k] < p0; e0 += d[k] <= p0; }
+        lt[j] += l0;
+        le[j] += e0;
     }
 }
 
@@ -215,9 +221,7 @@ void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start
                 const void *x = xs[m];
                 DISPATCH(dt, { for (int k = 0; k < n; k++) d[k] = fabsf(ld(x, DT, i + k) - fb[k]); });
                 int64_t *mlt = lt + (m * nblocks + blk) * P, *mle = le + (m * nblocks + blk) * P;
-                if (P == 3) count_pivots(3, d, n, piv + m * P, mlt, mle);
-                else if (P == 6) count_pivots(6, d, n, piv + m * P, mlt, mle);
-                else count_pivots(P, d, n, piv + m * P, mlt, mle);
+                count_pivots(P, d, n, piv + m * P, mlt, mle);
                 for (int g = m * G; g < (m + 1) * G; g++) {
                     if (found[g] > cap) continue;
                     const float l = lo[g], h = hi[g];
