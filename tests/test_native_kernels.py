@@ -132,15 +132,17 @@ def magnitudes(x, b):
     return (x.float() - b.float()).abs().view(-1)
 
 
-@pytest.mark.parametrize("data", ["continuous", "tied", "spike", "sorted"])
+@pytest.mark.parametrize("data", ["continuous", "tied", "some_ties", "spike", "sorted"])
 def test_kth_magnitudes_match_kthvalue(data):
     g = torch.Generator().manual_seed(7)
     n = 1 << 18
     b = torch.zeros(n)
     if data == "continuous":
         x = torch.randn(n, generator=g)
-    elif data == "tied":
+    elif data == "tied":  # few distinct values: every one in the bracket is a pivot
         x = torch.randint(-6, 7, (n,), generator=g).float()
+    elif data == "some_ties":  # ~130 copies of each value: t is tied but no pivot
+        x = torch.randint(-1000, 1001, (n,), generator=g).float()
     elif data == "spike":  # 90% zeros: the sample sees mostly one value
         x = torch.where(torch.rand(n, generator=g) < 0.9, 0.0, torch.randn(n, generator=g))
     else:  # ordered data: an evenly strided sample is not random
@@ -179,7 +181,8 @@ def test_sample_that_misses_falls_back_to_a_second_pass_then_to_torch(monkeypatc
     for k in (1, 17, n - 5, n):
         passes.clear()
         (th,), = native.kth_magnitudes([x], b, [[k]])
-        assert th.value == float(torch.kthvalue(x, k).values) and passes == [3, 0]
+        assert th.value == float(torch.kthvalue(x, k).values)
+        assert len(passes) == 2 and passes[0] >= 1 and passes[1] == 0  # counting pass, then a gathering one
     monkeypatch.setattr(native.ops, "selection_pass", lambda *a: counting(*a, overflow=True))
     (th,), = native.kth_magnitudes([x], b, [[17]])
     assert th.value == float(torch.kthvalue(x, 17).values) and th.cut(1, n) == n

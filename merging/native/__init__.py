@@ -98,7 +98,7 @@ def library() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.sel_pass.argtypes = [vp, i32, vp, i32, i64, i64, i64, vp, i32, vp, vp, i32, vp, vp, vp, vp, i64, vp]
+    lib.sel_pass.argtypes = [vp, i32, vp, i32, i64, i64, i64, vp, i32, vp, vp, i32, vp, vp, vp, i64, vp, vp]
     lib.sel_pass.restype = None
     lib.sample_mags.argtypes = [vp, vp, i32, i64, i64, i64, i32, vp]
     lib.sample_mags.restype = None

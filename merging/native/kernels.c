@@ -143,30 +143,23 @@ static void magnitudes(float *restrict m, const void *x, const void *b, int dt, 
     else DISPATCH(dt, { for (int j = 0; j < n; j++) m[j] = fabsf(ld(x, DT, i + j)); });
 }
 
-/* Appends the d[k] with hit[k] set (k < n), and their indices i + k, to vals and idx;
- * returns the new count. */
-static int64_t compact(const float *restrict d, const uint8_t *restrict hit, int n, int64_t i, float *restrict vals,
-                       int64_t *restrict idx, int64_t count) {
+/* Appends the d[k] with hit[k] set (k < n) to vals; returns the new count. */
+static int64_t compact(const float *restrict d, const uint8_t *restrict hit, int n, float *restrict vals,
+                       int64_t count) {
 #ifdef __AVX512F__
-    /* Compress in registers and store whole vectors (the caller leaves room for n values):
-     * the memory form of vcompress is microcoded and ~50x slower on AMD Zen 4. */
-    const __m512i step = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    /* Compress in registers and store whole vectors (the caller leaves room for n + 16
+     * values): the memory form of vcompress is microcoded and ~50x slower on AMD Zen 4. */
     int k = 0;
     for (; k + 16 <= n; k += 16) {
         __m128i bytes = _mm_loadu_si128((const __m128i *)(hit + k));
         __mmask16 mask = _mm_test_epi8_mask(bytes, bytes);
         if (!mask) continue;
         _mm512_storeu_ps(vals + count, _mm512_maskz_compress_ps(mask, _mm512_loadu_ps(d + k)));
-        __m512i base = _mm512_add_epi64(_mm512_set1_epi64(i + k), step);
-        int low = __builtin_popcount(mask & 0xff);
-        _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi64((__mmask8)(mask & 0xff), base));
-        _mm512_storeu_si512(idx + count + low, _mm512_maskz_compress_epi64(
-                                                   (__mmask8)(mask >> 8), _mm512_add_epi64(base, _mm512_set1_epi64(8))));
         count += __builtin_popcount(mask);
     }
-    for (; k < n; k++) { vals[count] = d[k]; idx[count] = i + k; count += hit[k]; }
+    for (; k < n; k++) { vals[count] = d[k]; count += hit[k]; }
 #else
-    for (int k = 0; k < n; k++) { vals[count] = d[k]; idx[count] = i + k; count += hit[k]; }  /* branch-free */
+    for (int k = 0; k < n; k++) { vals[count] = d[k]; count += hit[k]; }  /* branch-free */
 #endif
     return count;
 }
@@ -201,17 +194,19 @@ static void count_pivots(int P, const float *restrict d, int n, const float *piv
  * with v = |x_m - b|, per model m, block blk (global index; nblocks in all) and pivot j,
  *   lt[(m·nblocks + blk)·P + j] = #(v < piv[m·P + j]),  le[...] = #(v <= piv[m·P + j]);
  * and for each of the model's G intervals g, the v with lo[m·G+g] < v < hi[m·G+g], in index
- * order, into vals + (m·G+g)·cap and their indices into idx + (m·G+g)·cap (room for cap
- * each), their number into found[m·G+g], or
- * cap + 1 once they may not fit (counting goes on). */
+ * order, into vals + (m·G+g)·cap (room for cap each), their number into found[m·G+g], or
+ * cap + 1 once they may not fit (counting goes on), and how many each block gave into
+ * per_block[(m·G+g)·nblocks + blk] (M·G ≤ 64). */
 void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
               const float *piv, int P, int64_t *lt, int64_t *le, int G, const float *lo, const float *hi,
-              float *vals, int64_t *idx, int64_t cap, int64_t *found) {
+              float *vals, int64_t cap, int64_t *found, int64_t *per_block) {
     float fb[CH], d[CH];
     uint8_t hit[CH];
     for (int g = 0; g < M * G; g++) found[g] = 0;
     for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
         int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
+        int64_t before[64];
+        for (int g = 0; g < M * G && g < 64; g++) before[g] = found[g];
         for (int m = 0; m < M; m++)
             for (int j = 0; j < P; j++) lt[(m * nblocks + blk) * P + j] = le[(m * nblocks + blk) * P + j] = 0;
         for (int64_t i = blk0; i < blk_end; i += CH) {
@@ -229,10 +224,11 @@ void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start
                     for (int k = 0; k < n; k++) { hit[k] = (d[k] > l) & (d[k] < h); any |= hit[k]; }
                     if (!any) continue;
                     if (found[g] + n + 16 > cap) { found[g] = cap + 1; continue; }  /* compact writes up to n + 16 */
-                    found[g] = compact(d, hit, n, i, vals + g * cap, idx + g * cap, found[g]);
+                    found[g] = compact(d, hit, n, vals + g * cap, found[g]);
                 }
             }
         }
+        for (int g = 0; g < M * G && g < 64; g++) per_block[g * nblocks + blk] = found[g] - before[g];
     }
 }
 

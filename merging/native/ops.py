@@ -90,20 +90,19 @@ class Counts:
     lt: np.ndarray                  # (M, blocks, P) int64: #(v < pivot)
     le: np.ndarray                  # (M, blocks, P) int64: #(v <= pivot)
     parts: np.ndarray               # (ranges, M·G, cap) float32: gathered magnitudes per thread range
-    indices: np.ndarray             # (ranges, M·G, cap) int64: their indices
     found: np.ndarray               # (ranges, M·G) int64: how many (> cap: too many, dropped)
+    per_block: np.ndarray           # (M·G, blocks) int64: how many each block gave
 
     def values(self, model: int, interval: int, intervals: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The magnitudes gathered for one model's interval and their indices, in index
-        order (None: there were too many)."""
+        """The magnitudes gathered for one model's interval, in index order, and the block
+        each came from (None: there were too many)."""
         g = model * intervals + interval
         counts = self.found[:, g]
         if (counts > self.parts.shape[2]).any():
             return None
-        if len(counts) == 1:
-            return self.parts[0, g, : counts[0]], self.indices[0, g, : counts[0]]
-        return (np.concatenate([self.parts[r, g, :c] for r, c in enumerate(counts)]),
-                np.concatenate([self.indices[r, g, :c] for r, c in enumerate(counts)]))
+        values = self.parts[0, g, : counts[0]] if len(counts) == 1 else \
+            np.concatenate([self.parts[r, g, :c] for r, c in enumerate(counts)])
+        return values, np.repeat(np.arange(self.per_block.shape[1], dtype=np.int32), self.per_block[g])
 
 
 def selection_pass(xs: Sequence[torch.Tensor], b: torch.Tensor | None, pivots: np.ndarray, lo: np.ndarray,
@@ -122,14 +121,17 @@ def selection_pass(xs: Sequence[torch.Tensor], b: torch.Tensor | None, pivots: n
     le = np.zeros_like(lt)
     ranges = thread_ranges(n)
     parts = np.empty((len(ranges), m_count * g_count, cap), dtype=np.float32)
-    indices = np.empty((len(ranges), m_count * g_count, cap), dtype=np.int64)
     found = np.zeros((len(ranges), m_count * g_count), dtype=np.int64)
+    per_block = np.zeros((m_count * g_count, blocks), dtype=np.int64)
+    if m_count * g_count > 64:
+        raise ValueError("one selection pass takes at most 64 model intervals")
     pointers = (ctypes.c_void_p * m_count)(*[f.data_ptr() for f in flats])
     dt = DTYPE_CODES[flats[0].dtype]
     _run(lambda r, s, e: lib.sel_pass(pointers, m_count, _ptr(bf), dt, s, e, blocks, piv.ctypes.data, p,
                                       lt.ctypes.data, le.ctypes.data, g_count, los.ctypes.data, his.ctypes.data,
-                                      parts[r].ctypes.data, indices[r].ctypes.data, cap, found[r].ctypes.data), ranges)
-    return Counts(lt, le, parts, indices, found)
+                                      parts[r].ctypes.data, cap, found[r].ctypes.data, per_block.ctypes.data),
+         ranges)
+    return Counts(lt, le, parts, found, per_block)
 
 
 def sample_magnitudes(x: torch.Tensor, b: torch.Tensor | None, size: int, run: int = 16) -> np.ndarray:

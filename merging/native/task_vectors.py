@@ -3,15 +3,16 @@
 Same semantics as `merging.sparsify.merge_task_vectors` (which calls this on CPU when the
 kernels are built and the rules allow it), and the same bits where no L1 rescale is
 involved; what differs is how a rank window's threshold is found. Instead of
-materializing |θ_i − θ_base|, one pass over all models counts, per model, the magnitudes
-below and at a few pivots (order statistics of a 16K-element sample around each wanted
-rank) and gathers, with their indices, the few percent lying between the outer pivots.
-The k-th magnitude t is then either a pivot (heavy ties: deltas of bf16 checkpoints take
-few distinct values), whose per-block counts locate its ties, or found among the gathered
-values, whose indices do. Rarely (a sample that misses: ordered data) a second gathering
-pass on the interval the counts point to follows, or, failing that, torch's selection. A
-keep rule is then a threshold per side with a cut index between the ties, applied by the
-mixing kernel on the fly.
+materializing |θ_i − θ_base|, one pass over all models counts, per model and 64K block,
+the magnitudes below and at a few pivots (from a 16K-element sample around each wanted
+rank: its order statistics, or every distinct value when there are few) and gathers the
+few percent lying between the outer pivots, in index order. The k-th magnitude t is then
+either a pivot (heavy ties: deltas of bf16 checkpoints take few distinct values) or found
+among the gathered values; either way per-block counts say which block holds the tie
+where the cut falls, and one block is scanned. Rarely (a sample that misses: ordered
+data) a second gathering pass on the interval the counts point to follows, or, failing
+that, torch's selection. A keep rule is then a threshold per side with a cut index
+between the ties, applied by the mixing kernel on the fly.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class Threshold:
         return self._equal_index(need) + 1
 
 
+MAX_PIVOTS = 6                # pivots per wanted rank when the bracket holds few distinct values
+
+
 def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[int, int, int]:
-    """Sample positions of the bracket's ends and of k's own quantile (where a heavily tied
-    t shows up), a few binomial standard deviations apart."""
+    """Sample positions of the bracket's ends and of k's own quantile, a few binomial
+    standard deviations apart."""
     m = sample.size
     q = k / n
     half = BRACKET_SIGMAS * math.sqrt(m * q * (1.0 - q)) + 2.0
@@ -58,26 +62,43 @@ def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[int, int, int]:
             min(m - 1, math.ceil(q * m + half)))
 
 
+def _pivots(sample: np.ndarray, k: int, n: int) -> tuple[list[float], float, float]:
+    """Pivots for rank k and the open interval to gather, from a sample partitioned at the
+    bracket's ends. When the bracket holds few distinct values (heavy ties: bf16 deltas),
+    every one of them is a pivot, so that t is one and its ties are located from counts;
+    otherwise the ends and the middle."""
+    first, middle, last = _bracket(sample, k, n)
+    bracket = np.sort(sample[first : last + 1])  # a few hundred values
+    distinct = bracket[np.concatenate(([True], bracket[1:] != bracket[:-1]))]
+    if distinct.size <= MAX_PIVOTS:
+        values = distinct.tolist()
+    else:
+        values = sorted({float(bracket[0]), float(bracket[middle - first]), float(bracket[-1])})
+    return values, float(bracket[0]), float(bracket[-1])
+
+
 def kth_magnitudes(xs: Sequence[torch.Tensor], b: torch.Tensor, ks: Sequence[Sequence[int]]) -> list[list[Threshold]]:
     """For each model m, the ks[m]-th smallest (1-based) of |x_m − b|, in one pass over all models.
 
-    Every model gets 3 pivots per k from its own sample, counted exactly in the pass, and the
-    magnitudes strictly between each k's outer pivots (a few percent) are gathered.
+    Every model gets up to MAX_PIVOTS pivots per k from its own sample, counted exactly in
+    the pass, and the magnitudes strictly between each k's outer pivots (a few percent) are
+    gathered.
     """
     n = xs[0].numel()
     per_model = max(len(k) for k in ks)
-    pivots = np.zeros((len(xs), 3 * per_model), dtype=np.float32)
+    chosen: list[list[float]] = []
     lo = np.zeros((len(xs), per_model), dtype=np.float32)   # unused intervals stay empty (0, 0)
     hi = np.zeros_like(lo)
     for m, (x, model_ks) in enumerate(zip(xs, ks)):
         sample = ops.sample_magnitudes(x, b, SAMPLE)
-        positions = sorted({j for k in model_ks for j in _bracket(sample, k, n)})
-        sample.partition(positions)  # the order statistics at `positions`, without a full sort
-        values = sorted(float(sample[j]) for j in positions)
-        pivots[m] = values + [values[-1]] * (pivots.shape[1] - len(values))  # repeats count the same
+        sample.partition(sorted({j for k in model_ks for j in _bracket(sample, k, n)[::2]}))
+        values: set[float] = set()
         for g, k in enumerate(model_ks):
-            first, _, last = _bracket(sample, k, n)
-            lo[m, g], hi[m, g] = sample[first], sample[last]
+            pivots_k, lo[m, g], hi[m, g] = _pivots(sample, k, n)
+            values.update(pivots_k)
+        chosen.append(sorted(values))
+    width = max(len(v) for v in chosen)
+    pivots = np.array([v + [v[-1]] * (width - len(v)) for v in chosen], dtype=np.float32)  # repeats count alike
     # Gather room per thread range and interval; the odd extra keeps the buffers of different
     # intervals off the same 4 KiB offsets (store aliasing cost ~15% of the pass).
     cap = max(1 << 16, n // 16) + 1040
@@ -106,18 +127,31 @@ def _resolve(x: torch.Tensor, b: torch.Tensor, k: int, pivots: np.ndarray, lt_bl
     above = [j for j in range(len(piv)) if lt[j] >= k]
     lo, f_lo = (piv[below[-1]], le[below[-1]]) if below else (-math.inf, 0)
     hi = piv[above[0]] if above else math.inf
-    gathered_pair = gathered() if below and above and interval[0] <= lo and hi <= interval[1] else None
-    if gathered_pair is None:  # the interval was not gathered whole: gather it now
-        again = ops.selection_pass([x], b, np.zeros((1, 0), np.float32), np.array([[lo]]), np.array([[hi]]), cap)
-        gathered_pair = again.values(0, 0, 1)
-        if gathered_pair is None:  # the sample missed badly: select on the materialized magnitudes
+    found = gathered() if below and above and interval[0] <= lo and hi <= interval[1] else None
+    if found is None:  # the interval was not gathered whole: gather it now
+        found = ops.selection_pass([x], b, np.zeros((1, 0), np.float32), np.array([[lo]]), np.array([[hi]]),
+                                   cap).values(0, 0, 1)
+        if found is None:  # the sample missed badly: select on the materialized magnitudes
             return _materialized(x, b, k)
-    values, indices = gathered_pair
+    values, blocks = found
     inside = (values > lo) & (values < hi)
-    values, indices = values[inside], indices[inside]
+    values, blocks = values[inside], blocks[inside]
     t = float(np.partition(values, k - f_lo - 1)[k - f_lo - 1])
-    equal = indices[values == t]  # in index order
-    return Threshold(t, f_lo + int(np.count_nonzero(values < t)), equal.size, lambda need: int(equal[need - 1]))
+    equal_blocks = blocks[values == t]  # the block of each element equal to t, in index order
+    return Threshold(t, f_lo + int(np.count_nonzero(values < t)), equal_blocks.size,
+                     lambda need: _equal_index_in_block(x, b, t, equal_blocks, need))
+
+
+def _equal_index_in_block(x: torch.Tensor, b: torch.Tensor, value: float, equal_blocks: np.ndarray,
+                          need: int) -> int:
+    """Where the need-th magnitude equal to `value` lies, given the block of each of them."""
+    block = int(equal_blocks[need - 1])
+    rank = need - int(np.searchsorted(equal_blocks, block))  # equal ones in earlier blocks come first
+    start = block * ops.BLOCK
+    found = ops.nth_equal(x, b, start, min(x.numel(), start + ops.BLOCK), value, rank)
+    if found < 0:
+        raise RuntimeError("native selection: gathered ties disagree with the data")
+    return found
 
 
 def _equal_index_from_blocks(x, b, per_block_equal: np.ndarray, value: float, need: int) -> int:
