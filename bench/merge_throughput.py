@@ -20,6 +20,7 @@ import time
 import torch
 
 from merging import Merger, method_names, parse_plan, pick_device
+from merging.native import library as native_library
 
 PARAMS = {  # (per-model params, shared params) for a representative merge of each method
     "linear": ({"weight": 0.5}, {}), "task_arithmetic": ({"weight": 0.5}, {}), "slerp": ({}, {"t": 0.5}),
@@ -143,6 +144,8 @@ def main() -> None:
     states = {"base": base, "a": llama_state(1, args.scale, device, base), "b": llama_state(2, args.scale, device, base)}
     model_bytes = sum(t.numel() * t.element_size() for t in base.values())
     merger = Merger(states, base="base", device=device, check_finite=True)
+    if device.type == "cpu" and native_library() is None:  # builds them now, not in the first timing
+        print("native merge kernels unavailable: the fused methods run on torch")
     copy_gbs = copy_bandwidth(device, min(model_bytes, 1 << 30))
     print(f"model size {model_bytes / 1e9:.2f} GB bf16; plain copy bandwidth {copy_gbs:.2f} GB/s (bytes read)")
     if device.type == "cuda":

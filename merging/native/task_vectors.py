@@ -134,11 +134,12 @@ def _resolve(x: torch.Tensor, b: torch.Tensor, k: int, pivots: np.ndarray, lt_bl
         if found is None:  # the sample missed badly: select on the materialized magnitudes
             return _materialized(x, b, k)
     values, blocks = found
-    inside = (values > lo) & (values < hi)
-    values, blocks = values[inside], blocks[inside]
-    t = float(np.partition(values, k - f_lo - 1)[k - f_lo - 1])
+    # t is the (k − f_lo)-th of the gathered values in (lo, hi); the gathered values ≤ lo
+    # all rank below those, so it is found among all of them without filtering copies.
+    at_or_below = int(np.count_nonzero(values <= lo))
+    t = float(np.partition(values, k - f_lo - 1 + at_or_below)[k - f_lo - 1 + at_or_below])
     equal_blocks = blocks[values == t]  # the block of each element equal to t, in index order
-    return Threshold(t, f_lo + int(np.count_nonzero(values < t)), equal_blocks.size,
+    return Threshold(t, f_lo + int(np.count_nonzero(values < t)) - at_or_below, equal_blocks.size,
                      lambda need: _equal_index_in_block(x, b, t, equal_blocks, need))
 
 
