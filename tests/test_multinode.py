@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 SECRET = "sk-e2e-SECRET-d41d8cd98f00b204"
 KEY_ENV = "SOUPSEARCH_E2E_JUDGE_KEY"
-N_TRIALS = 4
+# Enough trials that the worker being restarted after the kill is back before the other
+# one has run them all (merges take well under a second now; a restart reloads the sources).
+N_TRIALS = 8
 
 
 def _free_port() -> int:
@@ -123,6 +125,7 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
                 if proc.poll() is None:
                     proc.kill()
         requests = sum(judge.state.requests.values())
+        distinct = len(judge.state.seen)
         auth = set(judge.state.auth)
 
     driver = log.read_text()
@@ -135,7 +138,9 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
     assert len(worker_lines) == 2 and len({line.split("node ")[1].split(",")[0] for line in worker_lines}) == 2
 
     # The judge saw the key (so the check below is not vacuous), and 429s were retried.
-    assert auth == {f"Bearer {SECRET}"} and requests >= 2 * len(trials) * 4
+    # Every distinct request was refused with 429 once and then answered (identical answers
+    # of different trials hit the verdict cache and are never sent again).
+    assert auth == {f"Bearer {SECRET}"} and distinct >= 4 and requests >= 2 * distinct
     secret = SECRET.encode()
     assert SECRET not in driver
     assert _files_containing(exp, secret) == []  # results, plans, config, verdict cache, optuna.db
