@@ -156,7 +156,7 @@ class Merger:
     def _merge_one(self, spec, inputs, base, kwargs, dtype, name: str, method: str) -> torch.Tensor:
         # A fused method reads the stored dtype and checks its own output. An elementwise
         # one that would fall back to torch here merges cache-sized float32 chunks instead.
-        if spec.fused and not (spec.elementwise and not use_native(inputs + ([base] if base is not None else []))):
+        if spec.fused and (not spec.elementwise or use_native(inputs + ([base] if base is not None else []))):
             return spec.fn(inputs, base, out_dtype=dtype, **kwargs)
         if spec.elementwise and inputs[0].numel() > CHUNK_ELEMENTS:
             return self._merge_chunked(spec.fn, inputs, base, kwargs, dtype, name, method)

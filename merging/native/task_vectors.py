@@ -114,7 +114,6 @@ def _resolve(x: torch.Tensor, b: torch.Tensor, k: int, pivots: np.ndarray, lt_bl
              cap: int) -> Threshold:
     """The k-th magnitude from one pass's counts at the pivots and the magnitudes gathered
     in `interval` (open)."""
-    n = x.numel()
     lt, le = lt_blocks.sum(0).tolist(), le_blocks.sum(0).tolist()
     piv = [float(p) for p in pivots]
     for j, p in enumerate(piv):
