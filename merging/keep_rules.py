@@ -47,12 +47,23 @@ class RandomDrop:
 
 @dataclass(frozen=True)
 class DellaDrop:
-    """DELLA MagPrune: keep probabilities from magnitude ranks within each row; draws from `generator`."""
+    """DELLA MagPrune: keep entry i of a row with probability p = density − ε + 2ε·r_i, r_i
+    its normalized magnitude rank in the row at bin resolution (`DELLA_BINS`), and draw
+    `uniform_draws(seed, index)` like `RandomDrop`."""
 
     density: float
     epsilon: float
-    generator: torch.Generator | None
+    seed: int
     rescale_norm: str | None = None
+
+
+# DELLA ranks magnitudes within a row at the resolution of the float32 bit pattern >> 19
+# (exponent and 4 mantissa bits: 16 bins per binade, each bin spanning at most 6.25 % of its
+# values), over the DELLA_BINS bins ending at the row's largest magnitude; smaller ones share
+# bin 0. Every element gets the mean rank of its bin. This makes ranking a histogram per row
+# (no sort), and it equals the exact rank wherever no two magnitudes share a bin.
+DELLA_BINS = 256
+DELLA_SHIFT = 19
 
 
 KeepRule = TopK | RankWindow | RandomDrop | DellaDrop

@@ -20,10 +20,10 @@ import torch
 
 from merging.checkpoint import InMemoryModel, ModelFolder
 from merging.finite import NonFiniteMergeError, all_finite
+from merging.native import ops as native_ops
 from merging.plan import MergePlan, PlanError
 from merging.resolve import resolve_call_kwargs
 from merging.validate import check_compatible
-from merging.weighted_sum import use_native
 
 # Elementwise methods process big tensors in slices that stay in the CPU caches:
 # inputs are upcast to float32 slice by slice instead of all at once.
@@ -156,7 +156,7 @@ class Merger:
     def _merge_one(self, spec, inputs, base, kwargs, dtype, name: str, method: str) -> torch.Tensor:
         # A fused method reads the stored dtype and checks its own output. An elementwise
         # one that would fall back to torch here merges cache-sized float32 chunks instead.
-        if spec.fused and (not spec.elementwise or use_native(inputs + ([base] if base is not None else []))):
+        if spec.fused and (not spec.elementwise or native_ops.applies(inputs + ([base] if base is not None else []))):
             return spec.fn(inputs, base, out_dtype=dtype, **kwargs)
         if spec.elementwise and inputs[0].numel() > CHUNK_ELEMENTS:
             return self._merge_chunked(spec.fn, inputs, base, kwargs, dtype, name, method)

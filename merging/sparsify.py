@@ -20,9 +20,9 @@ sorts whole tensors or leaves the result to an unstable sort:
   temporaries are allocated once per merge call and reused (see `Workspace`).
 - A scalar rescale (L1, or 1/density) is not applied to the delta: the sparsifier returns
   the factor and the mix folds it into that model's coefficient, saving a pass.
-- DELLA's within-row ranks are exact for rows of up to DELLA_EXACT_ROW elements and are
-  read off a sorted, evenly strided sample of DELLA_EXACT_ROW magnitudes per row beyond
-  that (see `della_rank_norm`).
+- DELLA ranks within a row by a histogram of binned magnitudes (keep_rules.DELLA_BINS), not
+  a sort: each element gets its bin's mean rank, which is the exact rank where no two
+  magnitudes share a bin (`della_rank_norm`).
 
 `rescale_norm` names how a rescale (rescale: true) restores the scale of a sparsified delta:
 "l1" (mergekit): multiply by ‖δ‖₁ / ‖δ̂‖₁, skipped when either is below 1e-7;
@@ -38,18 +38,17 @@ from collections.abc import Sequence
 import torch
 
 from merging.finite import NonFiniteMergeError, all_finite
-from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, model_seed,
+from merging.keep_rules import (DELLA_BINS, DELLA_SHIFT, RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow,
+                                TopK, model_seed,
                                 prev_float32, prime_at_least, top_k_count, uniform_draws, window_ranks)
-from merging.native import available as native_available
+from merging.native import ops as native_ops
 from merging.native import task_vectors as native
 
 RESCALE_NORMS = ("l1", "inverse_density")
-DELLA_EXACT_ROW = 2048        # DELLA ranks are exact in rows up to this long, sampled beyond
 _DIRECT_SELECT = 1 << 18      # tensors up to this size use torch.kthvalue on all elements
 _SELECT_SAMPLE = (1 << 14, 1 << 16)  # sample size bounds (n/256 between them) for the bracket
 _BRACKET_SIGMAS = 5.0         # bracket half-width in binomial standard deviations
-_ROW_BLOCK = 1 << 20          # DELLA works through rows in blocks of about this many elements
-NATIVE_MIN_ELEMENTS = 1 << 16  # smaller tensors stay on torch (call overhead; exact small-case tests)
+_ROW_BLOCK = 1 << 18          # DELLA works through rows in blocks of about this many elements
 
 
 class Workspace:
@@ -137,8 +136,7 @@ def merge_task_vectors(
     rules = list(rules) if rules is not None else [None] * len(tensors)
     check_per_model(tensors, weight=weight, rules=rules)
     out_dtype = out_dtype or torch.float32
-    if (tensors and base.device.type == "cpu" and base.numel() >= NATIVE_MIN_ELEMENTS
-            and native.supports(rules) and native_available()):
+    if tensors and native_ops.applies([base, *tensors]) and native.supports(rules, base.dim()):
         merged, bad = native.merge(tensors, base, weight=weight, rules=rules, consensus=consensus,
                                    normalize=normalize, lambda_=lambda_, out_dtype=out_dtype)
         if bad:
@@ -164,7 +162,7 @@ def apply_rule_(rule: KeepRule | None, model: int, delta: torch.Tensor, ws: Work
     if isinstance(rule, RandomDrop):
         return bernoulli_(delta, rule.density, rule.rescale_norm, model_seed(rule.seed, model), ws)
     if isinstance(rule, DellaDrop):
-        return della_magprune_(delta, rule.density, rule.epsilon, rule.rescale_norm, rule.generator, ws)
+        return della_magprune_(delta, rule.density, rule.epsilon, rule.rescale_norm, model_seed(rule.seed, model), ws)
     raise TypeError(f"unknown keep rule {rule!r}")
 
 
@@ -547,33 +545,40 @@ def _della_rows(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).reshape(-1, x.shape[1])
 
 
-def _sample_columns(length: int, device: torch.device) -> torch.Tensor:
-    """DELLA_EXACT_ROW column indices spread evenly over a row (midpoints of equal parts)."""
-    s = DELLA_EXACT_ROW
-    return (torch.arange(s, device=device) * 2 + 1) * length // (2 * s)
+def della_bins(mags: torch.Tensor) -> torch.Tensor:
+    """The bin of each magnitude within its row of a 2-D float32 tensor (int64; see
+    keep_rules.DELLA_BINS): bit pattern >> DELLA_SHIFT, counted from DELLA_BINS − 1 below
+    the row's largest, 0 for everything lower."""
+    keys = (mags.view(torch.int32) & 0x7FFFFFFF) >> DELLA_SHIFT
+    floor = keys.amax(dim=1, keepdim=True) - (DELLA_BINS - 1)
+    return keys.sub_(floor).clamp_(min=0).long()
+
+
+def della_bin_ranks(bins: torch.Tensor) -> torch.Tensor:
+    """Per row and bin, the normalized mean rank of the bin's elements, (2·below + count − 1)
+    / (2(L − 1)) in float64 (0.5 for rows of one element, mergekit's 0/0): the exact
+    rank_norm of an element alone in its bin, the average of its members' otherwise."""
+    rows, length = bins.shape
+    counts = torch.zeros(rows, DELLA_BINS, dtype=torch.int64, device=bins.device)
+    counts.scatter_add_(1, bins, torch.ones_like(bins))
+    if length == 1:
+        return torch.full(counts.shape, 0.5, dtype=torch.float64, device=bins.device)
+    below = counts.cumsum(1).sub_(counts)
+    return below.mul_(2).add_(counts).sub_(1).double().mul_(1.0 / (2.0 * (length - 1)))
 
 
 def della_rank_norm(mags: torch.Tensor) -> torch.Tensor:
-    """Normalized ascending rank of each magnitude within its row of a 2-D tensor, in [0, 1].
+    """Normalized ascending magnitude rank of each element within its row of a 2-D tensor,
+    in [0, 1], at bin resolution (`della_bin_ranks`): mergekit's rank_norm when no two
+    magnitudes of a row share a bin."""
+    bins = della_bins(mags.float().contiguous())
+    return della_bin_ranks(bins).gather(1, bins).float()
 
-    Rows of up to DELLA_EXACT_ROW elements: exactly (rank − 1)/(L − 1) with ties in index
-    order, which is mergekit's rank_norm when the magnitudes are distinct. Longer rows: the
-    fraction pos/S of a fixed, evenly strided sample of S = DELLA_EXACT_ROW magnitudes of the
-    row that lies strictly below the element (torch.searchsorted on the sorted sample), an
-    estimate of the exact value with standard error below 1/(2√S) ≈ 0.011 and mean 1/2 over
-    the row; only the sample is sorted. A row of one element gets 1/2 (mergekit: 0/0).
-    """
-    rows, length = mags.shape
-    if length == 1:
-        return torch.full_like(mags, 0.5)
-    if length <= DELLA_EXACT_ROW:
-        order = torch.argsort(mags, dim=1, stable=True)
-        ranks = torch.empty_like(mags)
-        ranks.scatter_(1, order, torch.arange(length, dtype=mags.dtype, device=mags.device).expand(rows, length))
-        return ranks.div_(length - 1)
-    sample = mags.index_select(1, _sample_columns(length, mags.device)).sort(dim=1).values
-    pos = torch.searchsorted(sample, mags.contiguous(), out_int32=True)
-    return pos.to(mags.dtype).div_(DELLA_EXACT_ROW)
+
+def _della_probability_table(bins: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """Keep probability per row and bin, p = (density − ε) + 2ε·r in float64, then float32
+    (the arithmetic of della_tables in merging/native/kernels.c, bit for bit)."""
+    return della_bin_ranks(bins).mul_(2 * epsilon).add_(density - epsilon).float()
 
 
 def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -581,8 +586,9 @@ def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: floa
     tensor), p = (density − ε) + 2ε · rank_norm(|x|), so the smallest magnitude is kept with
     probability density − ε, the largest with density + ε, and the row's mean is density."""
     check_della(density, epsilon)
-    rows = _della_rows(tensor)
-    probs = della_rank_norm(rows.abs()).mul_(2 * epsilon).add_(density - epsilon)
+    rows = _della_rows(tensor.float()).abs()
+    bins = della_bins(rows)
+    probs = _della_probability_table(bins, density, epsilon).gather(1, bins)
     if tensor.dim() > 2:
         moved = list(tensor.movedim(1, -1).shape)
         return probs.view(moved).movedim(-1, 1).contiguous()
@@ -590,17 +596,12 @@ def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: floa
 
 
 def della_magprune_(delta: torch.Tensor, density: float, epsilon: float, rescale_norm: str | None = None,
-                    generator: torch.Generator | None = None, ws: Workspace | None = None) -> float:
-    """DELLA MagPrune: drop each entry with probability 1 − p, p from `della_keep_probabilities`.
-
-    Rows are processed in blocks of about _ROW_BLOCK elements (bounded temporaries; on CPU
-    the uniform draws follow row order, so the result does not depend on the block size).
-    For long rows without inverse_density, the test u < p(pos) is evaluated in the
-    equivalent form |x| > s_(j), s the row's sorted sample and j = ⌊(u − density + ε)·S/(2ε)⌋
-    (u < p(pos) ⇔ pos > j ⇔ the (j+1)-th smallest sample value is below |x|): a gather
-    instead of a binary search per element, and the same mask for the same draws up to
-    float rounding at the boundaries. Returns the rescale factor (1.0 with
-    inverse_density, whose per-entry division is done here).
+                    seed: int = 0, ws: Workspace | None = None) -> float:
+    """DELLA MagPrune: keep entry i iff u(seed, i) < p_i, p from `della_keep_probabilities`
+    and u = keep_rules.uniform_draws over the row layout's index (the flat index for ≤ 2-D
+    tensors), so the native kernel keeps the same entries. Rows are processed in blocks of
+    about _ROW_BLOCK elements (bounded temporaries). Returns the rescale factor (1.0 with
+    inverse_density, whose per-entry scale 1/p is applied here).
     """
     if density >= 1 or delta.numel() == 0:
         return 1.0
@@ -613,29 +614,14 @@ def della_magprune_(delta: torch.Tensor, density: float, epsilon: float, rescale
     rows = _della_rows(delta)
     n_rows, length = rows.shape
     block = max(1, _ROW_BLOCK // length)
-    sampled = length > DELLA_EXACT_ROW and rescale_norm != "inverse_density"
-    if sampled:
-        columns = _sample_columns(length, delta.device)
     for r0 in range(0, n_rows, block):
         part = rows[r0 : r0 + block]
-        shape = part.shape
-        mags = torch.abs(part, out=ws.get("work", shape))
-        draws = ws.get("draws", shape).uniform_(0.0, 1.0, generator=generator)
-        if not sampled:
-            probs = della_rank_norm(mags).mul_(2 * epsilon).add_(density - epsilon)
-            keep = torch.lt(draws, probs, out=draws)
-            part.mul_(keep)
-            if rescale_norm == "inverse_density":
-                part.div_(probs)
-            continue
-        sample = mags.index_select(1, columns).sort(dim=1).values
-        inf = torch.full((shape[0], 1), math.inf, dtype=mags.dtype, device=mags.device)
-        ext = torch.cat([-inf, sample, inf], dim=1)  # ext[j+1] = s_(j); -inf: always keep, +inf: never
-        scaled = draws.sub_(density - epsilon).mul_(DELLA_EXACT_ROW / (2 * epsilon)).floor_()
-        index = ws.get("index", shape, torch.int64)
-        index.copy_(scaled.add_(1.0).clamp_(0.0, DELLA_EXACT_ROW + 1.0))
-        thresholds = torch.gather(ext, 1, index, out=draws)
-        part.mul_(torch.gt(mags, thresholds, out=draws))
+        bins = della_bins(torch.abs(part, out=ws.get("work", part.shape)))
+        probs = _della_probability_table(bins, density, epsilon).gather(1, bins)
+        draws = uniform_draws(seed, r0 * length, part.numel(), delta.device).view(part.shape)
+        part.mul_(draws.lt_(probs))
+        if rescale_norm == "inverse_density":
+            part.mul_(probs.reciprocal_())
     if delta.dim() > 2:
         moved = list(delta.movedim(1, -1).shape)
         delta.copy_(rows.view(moved).movedim(-1, 1))
@@ -679,7 +665,7 @@ def bernoulli(tensor: torch.Tensor, density: float, rescale_norm: str | None = N
 
 
 def della_magprune(tensor: torch.Tensor, density: float, epsilon: float, rescale_norm: str | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   seed: int = 0) -> torch.Tensor:
     """A float32 copy of `tensor` with DELLA's magnitude-ranked random drop (`della_magprune_`)."""
     delta = _copy(tensor, rescale_norm)
-    return _applied(delta, della_magprune_(delta, density, epsilon, rescale_norm, generator))
+    return _applied(delta, della_magprune_(delta, density, epsilon, rescale_norm, seed))

@@ -13,23 +13,15 @@ from collections.abc import Sequence
 import torch
 
 from merging.finite import NonFiniteMergeError, all_finite
-from merging.native import available as native_available
 from merging.native import ops
-
-NATIVE_MIN_ELEMENTS = 1 << 16  # smaller tensors stay on torch (call overhead)
-
-
-def use_native(tensors: Sequence[torch.Tensor]) -> bool:
-    first = tensors[0]
-    return (first.device.type == "cpu" and first.numel() >= NATIVE_MIN_ELEMENTS
-            and len({t.dtype for t in tensors}) == 1 and first.dtype in ops.DTYPE_CODES and native_available())
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], coefs: Sequence[float],
                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Σ_i coefs[i]·tensors[i] in `out_dtype` (float32 when None); NaN/inf raises NonFiniteMergeError."""
     out_dtype = out_dtype or torch.float32
-    if use_native(tensors):
+    if ops.applies(tensors):
+        tensors = ops.one_dtype(tensors)
         out = torch.empty(tensors[0].shape, dtype=out_dtype)
         rules = []
         for c in coefs:

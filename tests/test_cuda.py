@@ -1,10 +1,9 @@
 """The CUDA merge path: every method on the GPU agrees with the CPU (skipped without a GPU).
 
 CI has no GPU, so these run only where one is lent (see README, "GPU figures"). DARE's
-masks are counter-based hashes of the seed and position, the same on every device, so
-dare_* is compared like the deterministic methods. DELLA draws from the device's generator,
-so CUDA and CPU masks differ by design; for it we check what a user relies on: the same
-seed gives the same merge on the same device, another seed another merge.
+and DELLA's masks are counter-based hashes of the seed and position, the same on every
+device, so they are compared like the deterministic methods; for them we also check what
+a user relies on: the same seed gives the same merge, another seed another merge.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from merging import Merger, method_names, parse_plan
 from search.example_demo import example_plan
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SEEDED = {"della", "della_linear"}
+RANDOMIZED = {"dare_linear", "dare_ties", "della", "della_linear"}
 
 
 def _merge(family, method: str, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -28,7 +27,7 @@ def _merge(family, method: str, device: str, seed: int = 0) -> dict[str, torch.T
         merger.close()
 
 
-@pytest.mark.parametrize("method", sorted(set(method_names()) - SEEDED))
+@pytest.mark.parametrize("method", sorted(method_names()))
 def test_cuda_merge_matches_cpu(tiny_family, method):
     cpu, gpu = _merge(tiny_family, method, "cpu"), _merge(tiny_family, method, "cuda")
     assert cpu.keys() == gpu.keys()
@@ -36,7 +35,7 @@ def test_cuda_merge_matches_cpu(tiny_family, method):
         torch.testing.assert_close(gpu[name], cpu[name], atol=2e-5, rtol=2e-4, msg=f"{method}: {name}")
 
 
-@pytest.mark.parametrize("method", sorted(SEEDED))
+@pytest.mark.parametrize("method", sorted(RANDOMIZED))
 def test_cuda_seeded_merges_are_reproducible(tiny_family, method):
     first, again = _merge(tiny_family, method, "cuda", seed=3), _merge(tiny_family, method, "cuda", seed=3)
     other = _merge(tiny_family, method, "cuda", seed=4)

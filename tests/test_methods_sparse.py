@@ -21,7 +21,6 @@ from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
 from merging.registry import METHODS
 from merging.sparsify import (
-    DELLA_EXACT_ROW,
     bernoulli,
     della_keep_probabilities,
     della_magprune,
@@ -219,15 +218,27 @@ def _mergekit_rank_norm(mags: torch.Tensor) -> torch.Tensor:
     return (ranks - lo) / (hi - lo)
 
 
-def test_della_ranks_exact_for_short_rows_and_close_for_sampled_long_rows():
-    mags = torch.rand(7, DELLA_EXACT_ROW, generator=seeded(1))
-    assert torch.allclose(della_rank_norm(mags), _mergekit_rank_norm(mags), atol=1e-6)
-    assert torch.allclose(della_rank_norm(mags[:, :5]), _mergekit_rank_norm(mags[:, :5]), atol=1e-6)
-    long = torch.rand(3, 10_000, generator=seeded(2))
-    err = (della_rank_norm(long) - _mergekit_rank_norm(long)).abs()
-    # sampling error of a rank fraction from S = 2048 draws: sd ≤ 0.5/√2048 ≈ 0.011
-    assert float(err.mean()) < 0.015 and float(err.max()) < 0.06
+def test_della_ranks_are_exact_when_no_two_magnitudes_share_a_bin():
+    # Magnitudes 2^(k/8): neighbours differ by 9 %, more than a bin spans (1/16 of a binade),
+    # and 128 of them span 16 binades, all within a row's 256 bins.
+    g = seeded(1)
+    mags = torch.stack([2.0 ** (torch.randperm(128, generator=g).float() / 8) for _ in range(7)])
+    assert torch.equal(della_rank_norm(mags), _mergekit_rank_norm(mags))
+    assert torch.equal(della_rank_norm(mags[:, :5]), _mergekit_rank_norm(mags[:, :5]))
+
+
+def test_della_ranks_share_the_mean_rank_within_a_bin():
+    rows = torch.tensor([[0.5, 0.5, 0.25, 1.0],      # a tie: ranks 1 and 2 → 1.5 each
+                         [1.0, 1.01, 2.0, 0.25],     # 1.0 and 1.01 share a bin (< 1 + 1/16)
+                         [1e-9, 2e-9, 1.0, 0.5]])    # more than 16 binades below the top: bin 0
+    want = torch.tensor([[1.5, 1.5, 0, 3], [1.5, 1.5, 3, 0], [0.5, 0.5, 3, 2]]) / 3
+    assert torch.equal(della_rank_norm(rows), want)
     assert torch.equal(della_rank_norm(torch.ones(4, 1)), torch.full((4, 1), 0.5))
+    # continuous data: close to the exact ranks, and every row's mean rank is exactly 1/2
+    long = torch.randn(3, 10_000, generator=seeded(2)).abs()
+    ranks = della_rank_norm(long)
+    assert float((ranks - _mergekit_rank_norm(long)).abs().max()) < 0.02
+    assert torch.allclose(ranks.double().mean(dim=1), torch.full((3,), 0.5, dtype=torch.float64), atol=1e-6)
 
 
 def test_della_keep_frequencies_follow_the_probabilities():
@@ -235,18 +246,28 @@ def test_della_keep_frequencies_follow_the_probabilities():
     # rate must be p = .3 + .4·rank/4 within 5 binomial standard deviations.
     rows = 20_000
     x = torch.tensor([0.3, -0.1, 0.5, 0.2, -0.4]).repeat(rows, 1)
-    kept = (della_magprune(x, 0.5, 0.2, generator=seeded(7)) != 0).float().mean(dim=0)
+    kept = (della_magprune(x, 0.5, 0.2, seed=7) != 0).float().mean(dim=0)
     p = torch.tensor([0.5, 0.3, 0.7, 0.4, 0.6])
     assert bool(((kept - p).abs() < 5 * torch.sqrt(p * (1 - p) / rows)).all())
 
 
-def test_della_sampled_fast_path_draws_the_same_mask_as_the_probability_path():
-    # Long rows: with l1 the mask is drawn as |x| > sample quantile, with inverse_density
-    # from searchsorted probabilities; the same draws must give the same mask. (density .5,
-    # ε .25 keep the arithmetic of both tests exact.)
+def test_della_inverse_density_is_unbiased():
+    # E[m·τ/p] = τ entry by entry, p being each entry's own keep probability.
+    g = seeded(0)
+    base, tau = torch.randn(1000, generator=g), torch.randn(1000, generator=g)
+    p = della_keep_probabilities(tau, 0.3, 0.2)
+    seeds, total = 400, torch.zeros(1000)
+    for seed in range(seeds):
+        total += della_linear([base + tau], base, weight=[1.0], density=[0.3], epsilon=[0.2],
+                              rescale_norm="inverse_density", generator=seeded(seed)) - base
+    z = (total / seeds - tau) / (tau.abs() * torch.sqrt((1 - p) / (p * seeds)))
+    assert float(z.abs().max()) < 5 and abs(float(z.mean())) < 5 / math.sqrt(1000)
+
+
+def test_della_mask_does_not_depend_on_the_rescale_and_3d_tensors_rank_along_dim_1():
     x = torch.randn(6, 5000, generator=seeded(3))
-    a = della_magprune(x, 0.5, 0.25, "l1", generator=seeded(11))
-    b = della_magprune(x, 0.5, 0.25, "inverse_density", generator=seeded(11))
+    a = della_magprune(x, 0.5, 0.25, "l1", seed=11)
+    b = della_magprune(x, 0.5, 0.25, "inverse_density", seed=11)
     assert torch.equal(a != 0, b != 0) and 0.4 < float((a != 0).float().mean()) < 0.6
     x3 = torch.randn(3, 50, 4, generator=seeded(4))  # 3-D: ranked along dim 1, like mergekit
     p = della_keep_probabilities(x3, 0.5, 0.1)

@@ -16,11 +16,12 @@ import sys
 import pytest
 import torch
 
-from merging import sparsify, weighted_sum
+from merging import sparsify
 from merging.finite import NonFiniteMergeError
-from merging.keep_rules import uniform_draws
+from merging.keep_rules import model_seed, uniform_draws
 from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from merging.methods.dare import dare_linear, dare_ties
+from merging.methods.della import della, della_linear
 from merging.methods.linear import linear
 from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
@@ -29,7 +30,7 @@ from merging.native import task_vectors as native
 
 pytestmark = pytest.mark.skipif(not available(), reason="no C compiler: the native kernels are not built")
 
-SHAPE = (384, 512)  # 196,608 elements: above NATIVE_MIN_ELEMENTS, three 64K blocks (two threads' ranges)
+SHAPE = (384, 512)  # 196,608 elements: above ops.MIN_ELEMENTS, three 64K blocks (two threads' ranges)
 
 
 def family(dtype: torch.dtype, seed: int = 0, n_models: int = 3, shape=SHAPE):
@@ -45,8 +46,7 @@ def torch_path(monkeypatch):
     """Call to run the next merge on torch (the reference)."""
     def run(fn, *args, **kwargs):
         with monkeypatch.context() as m:
-            m.setattr(sparsify, "NATIVE_MIN_ELEMENTS", 1 << 62)
-            m.setattr(weighted_sum, "NATIVE_MIN_ELEMENTS", 1 << 62)
+            m.setattr(ops, "MIN_ELEMENTS", 1 << 62)
             return fn(*args, **kwargs)
     return run
 
@@ -66,15 +66,20 @@ EXACT_CASES = {
     "breadcrumbs": (breadcrumbs, dict(weight=[0.5, 0.5, 0.5], density=[0.3, 0.5, 0.9], gamma=[0.01, 0.1, 0.05])),
     "breadcrumbs_ties": (breadcrumbs_ties, dict(weight=[1.0, 0.8, 0.6], density=[0.3, 0.3, 0.95],
                                                 gamma=[0.0, 0.2, 0.1], normalize=True)),
+    "della": (della, dict(weight=[1.0, 0.8, 0.6], density=[0.3, 0.5, 0.7], epsilon=[0.1, 0.2, 0.25],
+                          rescale_norm="inverse_density")),
+    "della_linear": (della_linear, dict(weight=[0.6, 0.4, 0.3], density=[0.4, 0.5, 0.6], epsilon=[0.3, 0.1, 0.2],
+                                        rescale=False)),
 }
+RANDOMIZED = (dare_linear, dare_ties, della, della_linear)
 
 
 @pytest.mark.parametrize("case", sorted(EXACT_CASES))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_native_merge_is_bit_identical_to_torch(case, dtype, torch_path):
     fn, kwargs = EXACT_CASES[case]
-    base, models = family(dtype, seed=hash(case) % 1000)
-    if fn in (dare_linear, dare_ties):
+    base, models = family(dtype, seed=sum(map(ord, case)))
+    if fn in RANDOMIZED:
         kwargs = dict(kwargs, generator=seeded(11))
     for out_dtype in (dtype, torch.float32):
         got = fn(models, base, out_dtype=out_dtype, **kwargs)
@@ -91,13 +96,14 @@ def test_native_merge_is_bit_identical_to_torch(case, dtype, torch_path):
     (ties, dict(weight=[1.0, 0.5], density=[0.3, 0.6], rescale=True)),
     (dare_linear, dict(weight=[1.0, 0.5], density=[0.3, 0.6])),  # mergekit's default: L1 rescale
     (breadcrumbs_ties, dict(weight=[1.0, 1.0], density=[0.4, 0.4], gamma=[0.05, 0.05], rescale=True)),
+    (della, dict(weight=[1.0, 0.5], density=[0.3, 0.6], epsilon=[0.1, 0.2])),  # mergekit's default: L1 rescale
 ])
 def test_native_l1_rescale_agrees_up_to_the_sum_order(fn, kwargs, torch_path):
     base, models = family(torch.float32, seed=5, n_models=2)
-    if fn is dare_linear:
+    if fn in RANDOMIZED:
         kwargs = dict(kwargs, generator=seeded(2))
     got = fn(models, base, **kwargs)
-    if fn is dare_linear:
+    if fn in RANDOMIZED:
         kwargs["generator"] = seeded(2)
     want = torch_path(fn, models, base, **kwargs)
     # torch sums ‖δ‖₁ in float32, the kernel per block in float64: the factors differ by ~1e-5,
@@ -106,6 +112,9 @@ def test_native_l1_rescale_agrees_up_to_the_sum_order(fn, kwargs, torch_path):
     assert int((~close).sum()) <= 2
     if fn is ties:
         kept = [sparsify.magnitude(m - base, d, "l1") for m, d in zip(models, kwargs["density"])]
+    elif fn is della:
+        kept = [sparsify.della_magprune(m - base, d, e, "l1", seed=model_seed(2, i))
+                for i, (m, d, e) in enumerate(zip(models, kwargs["density"], kwargs["epsilon"]))]
     else:
         kept = [sparsify.magnitude_outliers(m - base, d, g, "l1")
                 for m, d, g in zip(models, kwargs["density"], kwargs.get("gamma", [0, 0]))]
@@ -196,7 +205,6 @@ def test_draws_are_the_same_on_both_paths():
     # The kernel's mask for density p keeps exactly the entries with u < p.
     x = torch.ones(1 << 17)
     kept = dare_linear([x], torch.zeros_like(x), weight=[1.0], density=[0.3], rescale=False, generator=seeded(9))
-    from merging.keep_rules import model_seed
     assert torch.equal(kept != 0, uniform_draws(model_seed(9, 0), 0, x.numel()) < 0.3)
 
 

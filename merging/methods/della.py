@@ -12,8 +12,14 @@ defaults are mergekit's: rescale: true with the L1 rescale ‖τ_i‖₁/‖τ̂
     della:        signs elected, θ = θ_base + λ Σ_i m_i w_i τ̂_i / D, D = Σ_i m_i w_i (normalize: true)
     della_linear: θ = θ_base + λ Σ_i w_i τ̂_i / D, D = Σ_i w_i if normalize (default false) else 1
 
-Ranks are exact in rows of up to 2048 elements and estimated from a sorted evenly strided
-sample of 2048 magnitudes in longer ones (merging.sparsify.della_rank_norm).
+Ranks are taken at bin resolution (merging.keep_rules.DELLA_BINS): magnitudes are binned
+at 16 bins per binade below the row's largest, and each element gets its bin's mean rank,
+so a row is ranked by one histogram instead of a sort. That is mergekit's exact rank
+wherever no two magnitudes of a row share a bin; where several do (ties, or values within
+6 % of each other) they share one keep probability, and every row's mean probability stays
+exactly `density`. The draw for entry j of model i is the counter-based u(seed, i, j) of
+DARE (merging.methods.dare), so a plan seed gives the same merge on CPU and GPU, and the
+fused CPU kernel keeps the same entries as the torch code.
 """
 
 from collections.abc import Sequence
@@ -23,7 +29,7 @@ import torch
 
 from merging.keep_rules import DellaDrop
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_della, check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def della_merge(
@@ -44,9 +50,13 @@ def della_merge(
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, epsilon=epsilon)
+    for d, e in zip(density, epsilon):
+        if 0 < d < 1:
+            check_della(d, e)
+    seed = generator.initial_seed() if generator is not None else 0
     return merge_task_vectors(
         tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-        rules=[DellaDrop(d, e, generator, norm) for d, e in zip(density, epsilon)], out_dtype=out_dtype)
+        rules=[DellaDrop(d, e, seed, norm) for d, e in zip(density, epsilon)], out_dtype=out_dtype)
 
 
 # The two registered variants differ only in sign election (and mergekit's normalize default).

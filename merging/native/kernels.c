@@ -29,6 +29,11 @@ typedef struct {
     int32_t random;
     float coef;                  /* the kept delta's multiplier in the mix          */
     float weight;                /* its share of the sign-election divisor          */
+    int32_t della;               /* DELLA: keep only u(seed, index) < p(bin), scale by s(bin) */
+    int32_t della_inverse;       /* s = 1/p (rescale_norm inverse_density), else 1          */
+    int64_t row_len;             /* DELLA ranks within rows of this many elements            */
+    double della_lo, della_span; /* p = lo + span · (mean rank in the row's bin) / (L − 1)   */
+    const uint8_t *mask;         /* if set: keep only where bit i is set (della_masks' output) */
 } keep_t;
 
 /* Element i of a tensor of dtype dt, as float32. Called with a constant dt in the
@@ -85,8 +90,121 @@ INLINE float draw(uint32_t mixed, uint32_t index_lo) {
     return (float)(h >> 8) * 0x1p-24f;
 }
 
+INLINE int bit(const uint8_t *bits, int64_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+
 INLINE uint32_t draw_mix(const keep_t *k, int64_t i) {
     return k->seed ^ (uint32_t)((uint64_t)i >> 32) * 0x85ebca77u;
+}
+
+/* DELLA's binned ranks (merging/keep_rules.py:DellaDrop). The bin of a magnitude is its
+ * float32 bit pattern >> 19 (exponent and 4 mantissa bits: 16 bins per binade) counted from
+ * DBINS - 1 below the row's largest, everything lower sharing bin 0. A row's histogram of
+ * bins gives each bin the mean rank of its elements, hence one keep probability and one
+ * scale per bin: a lookup per element instead of a sort per row. */
+#define DBINS 256
+#define DSHIFT 19
+
+typedef struct {
+    int64_t row;        /* the row these tables are for (-1: none yet) */
+    int32_t floor_key;  /* the key of bin 0 */
+    float p[DBINS];     /* keep probability per bin */
+    float s[DBINS];     /* scale of a kept entry per bin */
+} della_tab_t;
+
+INLINE uint32_t mag_key(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return (u & 0x7fffffffu) >> DSHIFT;
+}
+
+INLINE int della_bin(uint32_t key, int32_t floor_key) {
+    int bin = (int)key - floor_key;
+    return bin > 0 ? bin : 0;
+}
+
+/* The tables of the rule's row `row` (keys: room for row_len, scratch). */
+static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const void *b, int dt, int64_t row,
+                         uint16_t *restrict keys) {
+    const int64_t L = k->row_len, rs = row * L;
+    uint32_t top = 0;
+    if (b) DISPATCH(dt, { for (int64_t j = 0; j < L; j++) {
+        uint32_t key = mag_key(ld(x, DT, rs + j) - ld(b, DT, rs + j));
+        keys[j] = (uint16_t)key;
+        top = key > top ? key : top; } });
+    else DISPATCH(dt, { for (int64_t j = 0; j < L; j++) {
+        uint32_t key = mag_key(ld(x, DT, rs + j));
+        keys[j] = (uint16_t)key;
+        top = key > top ? key : top; } });
+    const int32_t floor_key = (int32_t)top - (DBINS - 1);
+    int32_t hist[4][DBINS];  /* four interleaved histograms: no store-to-load chains on one bin */
+    memset(hist, 0, sizeof hist);
+    int64_t j = 0;
+    for (; j + 4 <= L; j += 4) {
+        hist[0][della_bin(keys[j], floor_key)]++;
+        hist[1][della_bin(keys[j + 1], floor_key)]++;
+        hist[2][della_bin(keys[j + 2], floor_key)]++;
+        hist[3][della_bin(keys[j + 3], floor_key)]++;
+    }
+    for (; j < L; j++) hist[0][della_bin(keys[j], floor_key)]++;
+    int32_t count[DBINS], twice_mean_rank[DBINS], below = 0;  /* 2·below + count − 1 */
+    for (int bin = 0; bin < DBINS; bin++) count[bin] = hist[0][bin] + hist[1][bin] + hist[2][bin] + hist[3][bin];
+    for (int bin = 0; bin < DBINS; bin++) {
+        twice_mean_rank[bin] = 2 * below + count[bin] - 1;
+        below += count[bin];
+    }
+    const double scale = L > 1 ? 1.0 / (2.0 * (double)(L - 1)) : 0.0, lo = k->della_lo, span = k->della_span;
+    for (int bin = 0; bin < DBINS; bin++) {
+        const double r = L > 1 ? (double)twice_mean_rank[bin] * scale : 0.5;
+        t->p[bin] = (float)(lo + span * r);
+    }
+    for (int bin = 0; bin < DBINS; bin++) t->s[bin] = k->della_inverse ? 1.0f / t->p[bin] : 1.0f;
+    t->row = row;
+    t->floor_key = floor_key;
+}
+
+/* d[j] = (x - b)[i + j] · s(bin) if u(seed, i + j) < p(bin), else 0, for j < n: one DELLA
+ * rule over a piece of one row whose tables are t; fb holds b's chunk as float32. */
+static void della_kept(float *restrict d, const void *x, const float *restrict fb, int dt, int64_t i, int n,
+                       const keep_t *k, const della_tab_t *restrict t) {
+    const uint32_t mixed = draw_mix(k, i), i0 = (uint32_t)i;
+    const int32_t floor_key = t->floor_key;
+    const float *restrict p = t->p, *restrict s = t->s;
+    DISPATCH(dt, {
+        for (int j = 0; j < n; j++) {
+            const float v = ld(x, DT, i + j) - fb[j];
+            const int bin = della_bin(mag_key(v), floor_key);
+            d[j] = draw(mixed, i0 + (uint32_t)j) < p[bin] ? v * s[bin] : 0.0f;
+        }
+    });
+}
+
+/* d[j] = (x - b)[i + j] where bit i + j of mask is set, else 0, for j < n. */
+static void masked_delta(float *restrict d, const void *x, const float *restrict fb, int dt, int64_t i, int n,
+                         const uint8_t *restrict mask) {
+    uint8_t flag[CH + 8];
+    const int64_t first = i & ~(int64_t)7, skip = i - first;  /* expand whole bytes, from i's */
+    for (int64_t k = 0; k < (skip + n + 7) / 8; k++) {
+        const uint8_t byte = mask[(first >> 3) + k];
+        for (int l = 0; l < 8; l++) flag[8 * k + l] = (byte >> l) & 1;
+    }
+    const uint8_t *restrict f = flag + skip;
+    DISPATCH(dt, { for (int j = 0; j < n; j++) { const float v = ld(x, DT, i + j) - fb[j]; d[j] = f[j] ? v : 0.0f; } });
+}
+
+/* How many elements from i the next chunk holds: up to the next multiple of CH (so a chunk
+ * never straddles a 2^32 index boundary), stop, and the end of i's row when row_len > 0. */
+INLINE int chunk_len(int64_t i, int64_t stop, int64_t row_len) {
+    int64_t n = CH - (i & (CH - 1));
+    if (stop - i < n) n = stop - i;
+    if (row_len > 0 && (i / row_len + 1) * row_len - i < n) n = (i / row_len + 1) * row_len - i;
+    return (int)n;
+}
+
+/* The rows DELLA rules rank within (0: no DELLA rule); every rule's tensor has the same shape. */
+static int64_t della_row_len(const keep_t *keeps, int M) {
+    for (int m = 0; m < M; m++)
+        if (keeps[m].della) return keeps[m].row_len;
+    return 0;
 }
 
 /* Splits [i, i + n) at the rule's cut indices into at most 3 segments over which the
@@ -110,19 +228,28 @@ static int segments(const keep_t *k, int64_t i, int n, int64_t *bounds, float *l
  * (acc += coef · keep(x - b), a fused multiply-add) unless acc is NULL. fb holds b's chunk
  * as float32 (zeros when there is no base). */
 static void kept_delta(float *restrict d, float *restrict acc, const void *x, const float *restrict fb, int dt,
-                       int64_t i, int n, const keep_t *k) {
+                       int64_t i, int n, const keep_t *k, const della_tab_t *tab) {
+    if (k->della) {
+        float kept[CH];
+        float *restrict dst = d ? d : kept;
+        della_kept(dst, x, fb, dt, i, n, k, tab);
+        if (acc) for (int j = 0; j < n; j++) acc[j] = fmaf(dst[j], k->coef, acc[j]);
+        return;
+    }
     int64_t bounds[4];
     float los[3], his[3];
     int ns = segments(k, i, n, bounds, los, his);
     const float c = k->coef, density = k->density;
     const uint32_t mixed = draw_mix(k, i), i0 = (uint32_t)i;
     const int random = k->random;
+    const uint8_t *restrict mask = k->mask;
     for (int s = 0; s < ns; s++) {
         const int a = (int)(bounds[s] - i), e = (int)(bounds[s + 1] - i);
         const float lo = los[s], hi = his[s];
 #define KEPT(j) ({ float v_ = ld(x, DT, i + (j)) - fb[j], m_ = fabsf(v_);                           \
                    int keep_ = (m_ > lo) & (m_ <= hi);                                              \
                    if (random) keep_ &= draw(mixed, i0 + (uint32_t)(j)) < density;                 \
+                   if (mask) keep_ &= bit(mask, i + (j));                                          \
                    keep_ ? v_ : 0.0f; })
         DISPATCH(dt, {
             if (d && acc) for (int j = a; j < e; j++) { float v = KEPT(j); d[j] = v; acc[j] = fmaf(v, c, acc[j]); }
@@ -269,7 +396,8 @@ static float abs_sum(const float *restrict v, int n) {
     return s;
 }
 
-/* Per block of [start, stop): total[b] = Σ|d|, kept[b] = Σ|keep(d)| for d = x - b. */
+/* Per block of [start, stop): total[b] = Σ|d|, kept[b] = Σ|keep(d)| for d = x - b (not DELLA
+ * rules: della_masks sums theirs). */
 void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, const keep_t *rule,
              double *total, double *kept) {
     float fb[CH], d[CH];
@@ -278,20 +406,72 @@ void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, 
     all.low_tail = -1.0f;
     all.high_tail = INFINITY;
     all.random = 0;
+    all.mask = NULL;
     for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
         int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
         double t = 0.0, s = 0.0;
         for (int64_t i = blk0; i < blk_end; i += CH) {
             int n = (int)(blk_end - i < CH ? blk_end - i : CH);
             load_base(fb, b, dt, i, n);
-            kept_delta(d, NULL, x, fb, dt, i, n, &all);
+            kept_delta(d, NULL, x, fb, dt, i, n, &all, NULL);
             t += abs_sum(d, n);
-            kept_delta(d, NULL, x, fb, dt, i, n, rule);
+            kept_delta(d, NULL, x, fb, dt, i, n, rule, NULL);
             s += abs_sum(d, n);
         }
         total[blk] = t;
         kept[blk] = s;
     }
+}
+
+/* Bit j of the n-bit field at bit offset `at` of bits := flag[j] (0/1), byte by byte where aligned. */
+static void put_bits(uint8_t *restrict bits, int64_t at, const uint8_t *restrict flag, int n) {
+    int j = 0;
+    for (; j < n && ((at + j) & 7); j++)
+        bits[(at + j) >> 3] = (uint8_t)((bits[(at + j) >> 3] & ~(1u << ((at + j) & 7))) | flag[j] << ((at + j) & 7));
+    for (; j + 8 <= n; j += 8) {  /* eight 0/1 bytes to one byte: a multiply gathers them into the top byte */
+        uint64_t w;
+        memcpy(&w, flag + j, 8);
+        bits[(at + j) >> 3] = (uint8_t)((w * 0x0102040810204080ull) >> 56);
+    }
+    for (; j < n; j++)
+        bits[(at + j) >> 3] = (uint8_t)((bits[(at + j) >> 3] & ~(1u << ((at + j) & 7))) | flag[j] << ((at + j) & 7));
+}
+
+/* DELLA's draws for M models over [start, stop) (block-aligned), for a rescale that needs the
+ * norms before mixing: bit i of masks[m] := entry i is kept, and per 64K block (global index,
+ * nblocks in all) total[m·nblocks + blk] = Σ|d|, kept[...] = Σ|kept d| of d = x_m - b. The mix
+ * then reads the bits (keep_t.mask) instead of ranking every row a second time. */
+void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
+                 const keep_t *keeps, uint8_t *const *masks, double *total, double *kept) {
+    const int64_t row_len = della_row_len(keeps, M);
+    float fb[CH], d[CH], all[CH];
+    uint8_t flag[CH];
+    della_tab_t tab;
+    uint16_t *keys = (uint16_t *)malloc((size_t)row_len * sizeof(uint16_t));
+    if (!keys) return;
+    keep_t everything = {.low_head = -1.0f, .low_tail = -1.0f, .high_head = INFINITY, .high_tail = INFINITY};
+    for (int m = 0; m < M; m++) {
+        const void *x = xs[m];
+        tab.row = -1;
+        for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
+            int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
+            double t = 0.0, s = 0.0;
+            for (int64_t i = blk0, n; i < blk_end; i += n) {
+                n = chunk_len(i, blk_end, row_len);
+                if (tab.row != i / row_len) della_tables(&tab, &keeps[m], x, b, dt, i / row_len, keys);
+                load_base(fb, b, dt, i, (int)n);
+                kept_delta(all, NULL, x, fb, dt, i, (int)n, &everything, NULL);
+                della_kept(d, x, fb, dt, i, (int)n, &keeps[m], &tab);
+                for (int j = 0; j < n; j++) flag[j] = d[j] != 0.0f;
+                put_bits(masks[m], i, flag, (int)n);
+                t += abs_sum(all, (int)n);
+                s += abs_sum(d, (int)n);
+            }
+            total[m * nblocks + blk] = t;
+            kept[m * nblocks + blk] = s;
+        }
+    }
+    free(keys);
 }
 
 /* mix() for any number of models: a chunk at a time, model by model through L1 buffers. */
@@ -305,19 +485,28 @@ void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, 
 static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, void *out, int out_dt,
                            int64_t start, int64_t stop, const keep_t *keeps, int consensus, int normalize,
                            float lambda) {
+    const int64_t row_len = della_row_len(keeps, M);
     float *buf = (float *)malloc((size_t)(M + 4) * CH * sizeof(float));
-    if (!buf) return -1;
+    della_tab_t *tabs = (della_tab_t *)malloc((size_t)M * sizeof(della_tab_t));
+    uint16_t *keys = (uint16_t *)malloc((size_t)(row_len + 1) * sizeof(uint16_t));
+    if (!buf || !tabs || !keys) { free(buf); free(tabs); free(keys); return -1; }
+    for (int m = 0; m < M; m++) tabs[m].row = -1;
     float *fb = buf, *acc = buf + CH, *tmp = buf + 2 * CH, *den = buf + 3 * CH, *ds = buf + 4 * CH;
     int64_t bad = 0;
-    for (int64_t i = start; i < stop; i += CH) {
-        int n = (int)(stop - i < CH ? stop - i : CH);
+    for (int64_t i = start, n_; i < stop; i += n_) {
+        const int n = chunk_len(i, stop, row_len);
+        n_ = n;
+        for (int m = 0; m < M; m++)
+            if (keeps[m].della && tabs[m].row != i / row_len)
+                della_tables(&tabs[m], &keeps[m], xs[m], b, dt, i / row_len, keys);
         load_base(fb, b, dt, i, n);
         if (!consensus) {
             memcpy(acc, fb, (size_t)n * 4);
-            for (int m = 0; m < M; m++) kept_delta(NULL, acc, xs[m], fb, dt, i, n, &keeps[m]);
+            for (int m = 0; m < M; m++) kept_delta(NULL, acc, xs[m], fb, dt, i, n, &keeps[m], &tabs[m]);
         } else {
             memset(acc, 0, (size_t)n * 4);  /* the sign sum */
-            for (int m = 0; m < M; m++) kept_delta(ds + (size_t)m * CH, acc, xs[m], fb, dt, i, n, &keeps[m]);
+            for (int m = 0; m < M; m++)
+                kept_delta(ds + (size_t)m * CH, acc, xs[m], fb, dt, i, n, &keeps[m], &tabs[m]);
             memset(tmp, 0, (size_t)n * 4);
             memset(den, 0, (size_t)n * 4);
             const uint32_t *restrict ua = (const uint32_t *)acc;
@@ -345,6 +534,8 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
         bad += nb;
     }
     free(buf);
+    free(tabs);
+    free(keys);
     return bad;
 }
 
@@ -352,18 +543,36 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
  * compile time: every element is loaded, masked, elected and mixed in registers in one
  * loop, with no L1 round trips between models. Same arithmetic, in the same order, as
  * mix_general. */
-INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int CONSENSUS, const void *const *xs,
-                         const void *b, void *out, int out_dt, int64_t start, int64_t stop, const keep_t *keeps,
-                         int normalize, float lambda) {
+INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int DELLA, const int CONSENSUS,
+                         const void *const *xs, const void *b, void *out, int out_dt, int64_t start, int64_t stop,
+                         const keep_t *keeps, int normalize, float lambda) {
     float res[CH], fb[CH];
     int64_t bad = 0;
-    for (int64_t i = start; i < stop; i += CH) {
-        const int n = (int)(stop - i < CH ? stop - i : CH);
+    const int64_t row_len = DELLA ? della_row_len(keeps, M) : 0;
+    della_tab_t tabs[4];
+    float kept[DELLA ? 4 : 1][CH];
+    uint16_t *keys = NULL;
+    if (DELLA) {
+        keys = (uint16_t *)malloc((size_t)(row_len + 1) * sizeof(uint16_t));
+        if (!keys) return -1;
+        for (int m = 0; m < M; m++) tabs[m].row = -1;
+    }
+    for (int64_t i = start, n_; i < stop; i += n_) {
+        const int n = chunk_len(i, stop, row_len);
+        n_ = n;
         const uint32_t i0 = (uint32_t)i;
         load_base(fb, b, DT, i, n);
+        if (DELLA)  /* every model's kept delta into L1 first: the table lookups vectorize apart */
+            for (int m = 0; m < M; m++) {
+                if (keeps[m].mask) { masked_delta(kept[m], xs[m], fb, DT, i, n, keeps[m].mask); continue; }
+                if (!keeps[m].della) { kept_delta(kept[m], NULL, xs[m], fb, DT, i, n, &keeps[m], NULL); continue; }
+                if (tabs[m].row != i / row_len) della_tables(&tabs[m], &keeps[m], xs[m], b, DT, i / row_len, keys);
+                della_kept(kept[m], xs[m], fb, DT, i, n, &keeps[m], &tabs[m]);
+            }
         int low_cut[4], high_cut[4];
         uint32_t mixed[4];
         float coef[4], mag[4], sign_c[4], weight[4], lh[4], lt[4], hh[4], ht[4], density[4];
+
         int live[4];
         for (int m = 0; m < M; m++) {
             const keep_t *k = &keeps[m];
@@ -374,16 +583,21 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
             sign_c[m] = k->coef < 0.0f ? -1.0f : 1.0f;
             live[m] = k->coef != 0.0f;
             mixed[m] = RANDOM && k->random ? draw_mix(k, i) : 0u;
+
         }
         for (int j = 0; j < n; j++) {
             const float bv = fb[j];
             float d[4], s = CONSENSUS ? 0.0f : bv;
             for (int m = 0; m < M; m++) {
-                float v = ld(xs[m], DT, i + j) - bv, a = fabsf(v);
-                float lo = j < low_cut[m] ? lh[m] : lt[m], hi = j < high_cut[m] ? hh[m] : ht[m];
-                int keep = (a > lo) & (a <= hi);
-                if (RANDOM) keep &= (keeps[m].random == 0) | (draw(mixed[m], i0 + (uint32_t)j) < density[m]);
-                d[m] = keep ? v : 0.0f;
+                if (DELLA) {
+                    d[m] = kept[m][j];
+                } else {
+                    float v = ld(xs[m], DT, i + j) - bv, a = fabsf(v);
+                    float lo = j < low_cut[m] ? lh[m] : lt[m], hi = j < high_cut[m] ? hh[m] : ht[m];
+                    int keep = (a > lo) & (a <= hi);
+                    if (RANDOM) keep &= (keeps[m].random == 0) | (draw(mixed[m], i0 + (uint32_t)j) < density[m]);
+                    d[m] = keep ? v : 0.0f;
+                }
                 s = fmaf(d[m], coef[m], s);
             }
             if (CONSENSUS) {
@@ -406,15 +620,18 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
         DISPATCH(out_dt, { for (int k = 0; k < n; k++) nb += st(out, DT, i + k, res[k]); });
         bad += nb;
     }
+    free(keys);
     return bad;
 }
 
 #define MIX_FUSED(M_) \
     DISPATCH(dt, { \
-        if (random && consensus) return mix_fused(M_, DT, 1, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
-        if (random) return mix_fused(M_, DT, 1, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
-        if (consensus) return mix_fused(M_, DT, 0, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
-        return mix_fused(M_, DT, 0, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (della && consensus) return mix_fused(M_, DT, 0, 1, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (della) return mix_fused(M_, DT, 0, 1, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (random && consensus) return mix_fused(M_, DT, 1, 0, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (random) return mix_fused(M_, DT, 1, 0, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        if (consensus) return mix_fused(M_, DT, 0, 0, 1, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
+        return mix_fused(M_, DT, 0, 0, 0, xs, b, out, out_dt, start, stop, keeps, normalize, lambda); \
     })
 
 /* out = b + Σ_i coef_i keep_i(x_i - b)          (consensus 0; b NULL: out = Σ_i coef_i x_i)
@@ -422,8 +639,9 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
  * Returns how many stored values are NaN or inf. */
 int64_t mix(const void *const *xs, int M, const void *b, int dt, void *out, int out_dt, int64_t start,
             int64_t stop, const keep_t *keeps, int consensus, int normalize, float lambda) {
-    int random = 0;
-    for (int m = 0; m < M; m++) random |= keeps[m].random;
+    int random = 0, della = 0;
+    for (int m = 0; m < M; m++) random |= keeps[m].random, della |= keeps[m].della | (keeps[m].mask != NULL);
+    if (della && random) return mix_general(xs, M, b, dt, out, out_dt, start, stop, keeps, consensus, normalize, lambda);
     switch (M) {
     case 1: MIX_FUSED(1); break;
     case 2: MIX_FUSED(2); break;

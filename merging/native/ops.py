@@ -24,6 +24,7 @@ from merging.native import library
 
 BLOCK = 1 << 16  # must match BLOCK in kernels.c
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+MIN_ELEMENTS = 1 << 16  # smaller tensors stay on torch (call overhead; exact small-case tests)
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -33,19 +34,38 @@ class KeepRule(ctypes.Structure):
     An entry at index i with magnitude v is kept iff v > low(i) and v <= high(i) (and,
     when `random`, its draw u(seed, i) < density); low(i) is low_head for i < low_cut and
     low_tail from there on (likewise high), which is how ties at a threshold are split in
-    index order.
+    index order. A `della` rule keeps entry i iff u(seed, i) < p(bin) and scales it by
+    s(bin), from tables the kernel builds per row of `row_len` (keep_rules.DellaDrop). A
+    `mask` (a bit per entry, from `della_masks`) keeps only the entries whose bit is set.
     """
 
     _fields_ = [("low_cut", ctypes.c_int64), ("high_cut", ctypes.c_int64),
                 ("low_head", ctypes.c_float), ("low_tail", ctypes.c_float),
                 ("high_head", ctypes.c_float), ("high_tail", ctypes.c_float),
                 ("density", ctypes.c_float), ("seed", ctypes.c_uint32), ("random", ctypes.c_int32),
-                ("coef", ctypes.c_float), ("weight", ctypes.c_float)]
+                ("coef", ctypes.c_float), ("weight", ctypes.c_float),
+                ("della", ctypes.c_int32), ("della_inverse", ctypes.c_int32), ("row_len", ctypes.c_int64),
+                ("della_lo", ctypes.c_double), ("della_span", ctypes.c_double), ("mask", ctypes.c_void_p)]
 
 
 def keep_everything() -> KeepRule:
     return KeepRule(low_cut=0, high_cut=0, low_head=-1.0, low_tail=-1.0, high_head=math.inf, high_tail=math.inf,
-                    density=1.0, seed=0, random=0, coef=1.0, weight=1.0)
+                    density=1.0, seed=0, random=0, coef=1.0, weight=1.0, della=0, della_inverse=0, row_len=0,
+                    della_lo=0.0, della_span=0.0, mask=None)
+
+
+def applies(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the kernels merge these tensors: on CPU, in dtypes they read, big enough to
+    be worth a call, and built. The one place that decides it, for every caller."""
+    return (tensors[0].device.type == "cpu" and tensors[0].numel() >= MIN_ELEMENTS
+            and all(t.dtype in DTYPE_CODES for t in tensors) and library() is not None)
+
+
+def one_dtype(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernels read a single input dtype: mixed inputs are upcast to float32."""
+    if len({t.dtype for t in tensors}) > 1:
+        return [t.float() for t in tensors]
+    return list(tensors)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -166,6 +186,27 @@ def l1_norms(x: torch.Tensor, b: torch.Tensor | None, rule: KeepRule) -> tuple[f
     _run(lambda _, s, e: lib.l1_sums(_ptr(xf), _ptr(bf), dt, s, e, ctypes.addressof(rule), total.ctypes.data,
                                      kept.ctypes.data), thread_ranges(xf.numel()))
     return float(total.sum()), float(kept.sum())
+
+
+def della_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequence[KeepRule]
+                ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """DELLA's kept entries of each model as bits (one row of the array per model, bit i of
+    a row little-endian in byte i // 8), and each model's (‖d‖₁, ‖kept d‖₁), summed per block
+    in float64 and then in block order."""
+    lib = library()
+    flats, bf = [_flat(x) for x in xs], _flat(b)
+    n = flats[0].numel()
+    blocks = -(-n // BLOCK)
+    masks = np.empty((len(flats), -(-n // 8)), dtype=np.uint8)
+    total = np.zeros((len(flats), blocks), dtype=np.float64)
+    kept = np.zeros_like(total)
+    pointers = (ctypes.c_void_p * len(flats))(*[f.data_ptr() for f in flats])
+    mask_pointers = (ctypes.c_void_p * len(flats))(*[masks[m].ctypes.data for m in range(len(flats))])
+    keep = (KeepRule * len(rules))(*rules)
+    dt = DTYPE_CODES[flats[0].dtype]
+    _run(lambda _, s, e: lib.della_masks(pointers, len(flats), _ptr(bf), dt, s, e, blocks, keep, mask_pointers,
+                                         total.ctypes.data, kept.ctypes.data), thread_ranges(n))
+    return masks, [(float(t.sum()), float(k.sum())) for t, k in zip(total, kept)]
 
 
 def mix(xs: Sequence[torch.Tensor], b: torch.Tensor | None, out: torch.Tensor, rules: Sequence[KeepRule], *,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from merging.keep_rules import (RESCALE_EPS, KeepRule, RandomDrop, RankWindow, TopK, model_seed, prev_float32,
+from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, model_seed, prev_float32,
                                 top_k_count, trivial, window_ranks)
 from merging.native import ops
 
@@ -31,8 +31,10 @@ SAMPLE = 1 << 14              # magnitudes sampled per selection (runs of 16 spr
 BRACKET_SIGMAS = 4.0          # outer pivots lie this many binomial standard deviations out
 
 
-def supports(rules: Sequence[KeepRule | None]) -> bool:
-    return all(r is None or isinstance(r, (TopK, RankWindow, RandomDrop)) for r in rules)
+def supports(rules: Sequence[KeepRule | None], dims: int) -> bool:
+    """DELLA's rows are the last dimension for the kernels, which is mergekit's dim 1 up to 2-D."""
+    return all(r is None or isinstance(r, (TopK, RankWindow, RandomDrop)) or (isinstance(r, DellaDrop) and dims <= 2)
+               for r in rules)
 
 
 class Threshold:
@@ -185,9 +187,10 @@ def ranks_needed(rule: KeepRule | None, n: int) -> list[int]:
     return []
 
 
-def keep_rule(rule: KeepRule | None, n: int, model: int, thresholds: Sequence[Threshold]) -> ops.KeepRule:
+def keep_rule(rule: KeepRule | None, n: int, model: int, thresholds: Sequence[Threshold],
+              row_len: int = 0) -> ops.KeepRule:
     """The kernel's keep rule for one model (coef 1, weight 1), given the magnitudes at
-    `ranks_needed(rule, n)`."""
+    `ranks_needed(rule, n)` (and, for DELLA, the length of the rows it ranks within)."""
     keep = ops.keep_everything()
     state = trivial(rule)
     if state == "all":
@@ -218,18 +221,26 @@ def keep_rule(rule: KeepRule | None, n: int, model: int, thresholds: Sequence[Th
     elif isinstance(rule, RandomDrop):
         keep.random, keep.density = 1, rule.density
         keep.seed = model_seed(rule.seed, model)
+    elif isinstance(rule, DellaDrop):
+        keep.della, keep.row_len = 1, row_len
+        keep.della_inverse = int(rule.rescale_norm == "inverse_density")
+        keep.della_lo, keep.della_span = rule.density - rule.epsilon, 2 * rule.epsilon
+        keep.seed = model_seed(rule.seed, model)
     else:
         raise TypeError(f"no native kernel for {type(rule).__name__}")
     return keep
 
 
+def _l1_factor(before: float, after: float) -> float:
+    return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
+
+
 def rescale_factor(x: torch.Tensor, b: torch.Tensor, rule: KeepRule | None, keep: ops.KeepRule) -> float:
     norm = None if trivial(rule) is not None else rule.rescale_norm
     if norm == "l1":
-        before, after = ops.l1_norms(x, b, keep)
-        return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
-    if norm == "inverse_density":
-        return 1.0 / rule.density
+        return _l1_factor(*ops.l1_norms(x, b, keep))
+    if norm == "inverse_density":  # DELLA's per-entry 1/p is applied by the kernel
+        return 1.0 if isinstance(rule, DellaDrop) else 1.0 / rule.density
     return 1.0
 
 
@@ -245,27 +256,35 @@ def merge(
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, int]:
     """The merged tensor in `out_dtype`, and how many of its values are NaN or inf."""
-    dtypes = {t.dtype for t in tensors} | {base.dtype}
-    if len(dtypes) > 1:  # the kernels read one input dtype
-        tensors, base = [t.float() for t in tensors], base.float()
-    keeps = []
+    base, *tensors = ops.one_dtype([base, *tensors])
     divisor = float(sum(weight)) if normalize and not consensus else 1.0
     if abs(divisor) < 1e-8:
         divisor = 1.0
     n = base.numel()
+    row_len = base.shape[-1] if base.dim() == 2 else n  # DELLA's rows (a 1-D tensor is one)
     # Every rank threshold of every model comes out of one pass over all of them.
     needed = {i: ranks_needed(rule, n) for i, rule in enumerate(rules)}
     ranked = [i for i, ks in needed.items() if ks]
     found = kth_magnitudes([tensors[i] for i in ranked], base, [needed[i] for i in ranked]) if ranked else []
     thresholds = dict(zip(ranked, found))
-    for i, (x, w, rule) in enumerate(zip(tensors, weight, rules, strict=True)):
-        keep = keep_rule(rule, n, i, thresholds.get(i, []))
-        scale = rescale_factor(x, base, rule, keep) if keep.coef != 0.0 else 1.0
+    keeps = [keep_rule(rule, n, i, thresholds.get(i, []), row_len) for i, rule in enumerate(rules)]
+    # DELLA with an L1 rescale needs its norms before the mix: one pass draws every model's
+    # keep mask and sums the norms, and the mix then reads the masks rather than ranking
+    # every row a second time.
+    drawn = [i for i, (rule, keep) in enumerate(zip(rules, keeps))
+             if keep.della and keep.coef != 0.0 and rule.rescale_norm == "l1"]
+    factors: dict[int, float] = {}
+    if drawn:
+        masks, norms = ops.della_masks([tensors[i] for i in drawn], base, [keeps[i] for i in drawn])
+        for i, mask, (before, after) in zip(drawn, masks, norms):
+            keeps[i].della, keeps[i].mask = 0, mask.ctypes.data
+            factors[i] = _l1_factor(before, after)
+    for i, (x, w, rule, keep) in enumerate(zip(tensors, weight, rules, keeps, strict=True)):
+        scale = factors[i] if i in factors else rescale_factor(x, base, rule, keep) if keep.coef != 0.0 else 1.0
         if consensus:
             keep.coef, keep.weight = keep.coef * float(w) * scale, float(w)
         else:
             keep.coef = keep.coef * float(lambda_) * float(w) * scale / divisor
-        keeps.append(keep)
     out = torch.empty(base.shape, dtype=out_dtype)
     bad = ops.mix(tensors, base, out, keeps, consensus=consensus, normalize=normalize, lambda_=lambda_)
     return out, bad
