@@ -9,7 +9,7 @@
  */
 #include <math.h>
 #include <stdint.h>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__BMI2__)
 #include <immintrin.h>
 #endif
 #include <stdlib.h>
@@ -157,7 +157,10 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
         const double r = L > 1 ? (double)twice_mean_rank[bin] * scale : 0.5;
         t->p[bin] = (float)(lo + span * r);
     }
-    for (int bin = 0; bin < DBINS; bin++) t->s[bin] = k->della_inverse ? 1.0f / t->p[bin] : 1.0f;
+    if (k->della_inverse)
+        for (int bin = 0; bin < DBINS; bin++) t->s[bin] = 1.0f / t->p[bin];
+    else
+        for (int bin = 0; bin < DBINS; bin++) t->s[bin] = 1.0f;
     t->row = row;
     t->floor_key = floor_key;
 }
@@ -185,7 +188,12 @@ static void masked_delta(float *restrict d, const void *x, const float *restrict
     const int64_t first = i & ~(int64_t)7, skip = i - first;  /* expand whole bytes, from i's */
     for (int64_t k = 0; k < (skip + n + 7) / 8; k++) {
         const uint8_t byte = mask[(first >> 3) + k];
+#ifdef __BMI2__
+        const uint64_t spread = _pdep_u64(byte, 0x0101010101010101ull);  /* bit l to byte l */
+        memcpy(flag + 8 * k, &spread, 8);
+#else
         for (int l = 0; l < 8; l++) flag[8 * k + l] = (byte >> l) & 1;
+#endif
     }
     const uint8_t *restrict f = flag + skip;
     DISPATCH(dt, { for (int j = 0; j < n; j++) { const float v = ld(x, DT, i + j) - fb[j]; d[j] = f[j] ? v : 0.0f; } });
@@ -449,7 +457,6 @@ void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t st
     della_tab_t tab;
     uint16_t *keys = (uint16_t *)malloc((size_t)row_len * sizeof(uint16_t));
     if (!keys) return;
-    keep_t everything = {.low_head = -1.0f, .low_tail = -1.0f, .high_head = INFINITY, .high_tail = INFINITY};
     for (int m = 0; m < M; m++) {
         const void *x = xs[m];
         tab.row = -1;
@@ -460,9 +467,16 @@ void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t st
                 n = chunk_len(i, blk_end, row_len);
                 if (tab.row != i / row_len) della_tables(&tab, &keeps[m], x, b, dt, i / row_len, keys);
                 load_base(fb, b, dt, i, (int)n);
-                kept_delta(all, NULL, x, fb, dt, i, (int)n, &everything, NULL);
-                della_kept(d, x, fb, dt, i, (int)n, &keeps[m], &tab);
-                for (int j = 0; j < n; j++) flag[j] = d[j] != 0.0f;
+                const uint32_t mixed = draw_mix(&keeps[m], i), i0 = (uint32_t)i;
+                DISPATCH(dt, {
+                    for (int j = 0; j < n; j++) {
+                        const float v = ld(x, DT, i + j) - fb[j];
+                        const int bin = della_bin(mag_key(v), tab.floor_key);
+                        flag[j] = draw(mixed, i0 + (uint32_t)j) < tab.p[bin];
+                        all[j] = v;
+                        d[j] = flag[j] ? v : 0.0f;
+                    }
+                });
                 put_bits(masks[m], i, flag, (int)n);
                 t += abs_sum(all, (int)n);
                 s += abs_sum(d, (int)n);
