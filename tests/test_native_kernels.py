@@ -313,3 +313,22 @@ def test_merger_merges_the_stored_dtype_as_the_method_does():
     merged = m.merge_to_dict(plan)["w.weight"]
     assert merged.dtype == torch.bfloat16
     assert torch.equal(merged, ties(models, base, weight=[1.0, 1.0], density=[0.4, 0.4], out_dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("shape", [(200_000,), (300, 777), (5, 70_001)])
+def test_della_rows_of_any_length_match_torch(shape, torch_path):
+    # A 1-D tensor is one row; 777 puts rows at odd bit offsets of the L1 path's masks and
+    # across the threads' ranges; 70,001 is longer than a chunk.
+    g = torch.Generator().manual_seed(len(shape))
+    base = torch.randn(shape, generator=g) * 0.02
+    models = [(base + 0.002 * torch.randn(shape, generator=g)).bfloat16() for _ in range(3)]
+    base = base.bfloat16()
+    kw = dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.5, 1.0], epsilon=[0.1, 0.2, 0.1])
+    for fn, extra in ((della, dict(rescale=False)), (della_linear, dict(rescale_norm="inverse_density")),
+                      (della_linear, {})):
+        got = fn(models, base, **kw, **extra, generator=seeded(5))
+        want = torch_path(fn, models, base, **kw, **extra, generator=seeded(5))
+        if extra:
+            assert torch.equal(got, want), extra
+        else:  # L1: the norms are summed in another order
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
