@@ -122,10 +122,42 @@ INLINE int della_bin(uint32_t key, int32_t floor_key) {
     return bin > 0 ? bin : 0;
 }
 
-/* The tables of the rule's row `row` (keys: room for row_len, scratch). */
+/* Scratch for della_tables: room for a row's keys and bins. */
+static uint16_t *della_scratch(int64_t row_len) {
+    return (uint16_t *)malloc((size_t)(row_len + 1) * (sizeof(uint16_t) + 1));
+}
+
+/* count[0..DBINS) → 2·below + count − 1 per bin, below = the count of the bins under it. */
+static void twice_mean_ranks(const int32_t *restrict count, int32_t *restrict out) {
+#ifdef __AVX512F__
+    /* A scan in registers: 4 shift-and-add steps per 16 bins, plus the running total. */
+    const __m512i zero = _mm512_setzero_si512(), last = _mm512_set1_epi32(15);
+    __m512i carry = zero;
+    for (int bin = 0; bin < DBINS; bin += 16) {
+        const __m512i c = _mm512_loadu_si512(count + bin);
+        __m512i incl = _mm512_add_epi32(c, _mm512_alignr_epi32(c, zero, 15));
+        incl = _mm512_add_epi32(incl, _mm512_alignr_epi32(incl, zero, 14));
+        incl = _mm512_add_epi32(incl, _mm512_alignr_epi32(incl, zero, 12));
+        incl = _mm512_add_epi32(incl, _mm512_alignr_epi32(incl, zero, 8));
+        const __m512i below = _mm512_add_epi32(_mm512_sub_epi32(incl, c), carry);
+        _mm512_storeu_si512(out + bin, _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(below, below), c),
+                                                        _mm512_set1_epi32(1)));
+        carry = _mm512_add_epi32(carry, _mm512_permutexvar_epi32(last, incl));
+    }
+#else
+    int32_t below = 0;
+    for (int bin = 0; bin < DBINS; bin++) {
+        out[bin] = 2 * below + count[bin] - 1;
+        below += count[bin];
+    }
+#endif
+}
+
+/* The tables of the rule's row `row` (keys: della_scratch(row_len)). */
 static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const void *b, int dt, int64_t row,
                          uint16_t *restrict keys) {
     const int64_t L = k->row_len, rs = row * L;
+    uint8_t *restrict bins = (uint8_t *)(keys + L + 1);
     uint32_t top = 0;
     if (b) DISPATCH(dt, { for (int64_t j = 0; j < L; j++) {
         uint32_t key = mag_key(ld(x, DT, rs + j) - ld(b, DT, rs + j));
@@ -136,22 +168,20 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
         keys[j] = (uint16_t)key;
         top = key > top ? key : top; } });
     const int32_t floor_key = (int32_t)top - (DBINS - 1);
+    for (int64_t j = 0; j < L; j++) bins[j] = (uint8_t)della_bin(keys[j], floor_key);  /* vectorized */
     int32_t hist[4][DBINS];  /* four interleaved histograms: no store-to-load chains on one bin */
     memset(hist, 0, sizeof hist);
     int64_t j = 0;
     for (; j + 4 <= L; j += 4) {
-        hist[0][della_bin(keys[j], floor_key)]++;
-        hist[1][della_bin(keys[j + 1], floor_key)]++;
-        hist[2][della_bin(keys[j + 2], floor_key)]++;
-        hist[3][della_bin(keys[j + 3], floor_key)]++;
+        hist[0][bins[j]]++;
+        hist[1][bins[j + 1]]++;
+        hist[2][bins[j + 2]]++;
+        hist[3][bins[j + 3]]++;
     }
-    for (; j < L; j++) hist[0][della_bin(keys[j], floor_key)]++;
-    int32_t count[DBINS], twice_mean_rank[DBINS], below = 0;  /* 2·below + count − 1 */
+    for (; j < L; j++) hist[0][bins[j]]++;
+    int32_t count[DBINS], twice_mean_rank[DBINS];
     for (int bin = 0; bin < DBINS; bin++) count[bin] = hist[0][bin] + hist[1][bin] + hist[2][bin] + hist[3][bin];
-    for (int bin = 0; bin < DBINS; bin++) {
-        twice_mean_rank[bin] = 2 * below + count[bin] - 1;
-        below += count[bin];
-    }
+    twice_mean_ranks(count, twice_mean_rank);
     const double scale = L > 1 ? 1.0 / (2.0 * (double)(L - 1)) : 0.0, lo = k->della_lo, span = k->della_span;
     for (int bin = 0; bin < DBINS; bin++) {
         const double r = L > 1 ? (double)twice_mean_rank[bin] * scale : 0.5;
@@ -454,37 +484,39 @@ void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t st
     const int64_t row_len = della_row_len(keeps, M);
     float fb[CH], d[CH], all[CH];
     uint8_t flag[CH];
-    della_tab_t tab;
-    uint16_t *keys = (uint16_t *)malloc((size_t)row_len * sizeof(uint16_t));
-    if (!keys) return;
-    for (int m = 0; m < M; m++) {
-        const void *x = xs[m];
-        tab.row = -1;
-        for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {
-            int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
-            double t = 0.0, s = 0.0;
-            for (int64_t i = blk0, n; i < blk_end; i += n) {
-                n = chunk_len(i, blk_end, row_len);
-                if (tab.row != i / row_len) della_tables(&tab, &keeps[m], x, b, dt, i / row_len, keys);
-                load_base(fb, b, dt, i, (int)n);
+    della_tab_t *tabs = (della_tab_t *)malloc((size_t)M * sizeof(della_tab_t));
+    uint16_t *keys = della_scratch(row_len);
+    if (!tabs || !keys) { free(tabs); free(keys); return; }
+    for (int m = 0; m < M; m++) tabs[m].row = -1;
+    for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {  /* models innermost: the base is read once */
+        int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
+        for (int m = 0; m < M; m++) total[m * nblocks + blk] = kept[m * nblocks + blk] = 0.0;
+        for (int64_t i = blk0, n; i < blk_end; i += n) {
+            n = chunk_len(i, blk_end, row_len);
+            load_base(fb, b, dt, i, (int)n);
+            for (int m = 0; m < M; m++) {
+                const void *x = xs[m];
+                della_tab_t *tab = &tabs[m];
+                if (tab->row != i / row_len) della_tables(tab, &keeps[m], x, b, dt, i / row_len, keys);
                 const uint32_t mixed = draw_mix(&keeps[m], i), i0 = (uint32_t)i;
+                const int32_t floor_key = tab->floor_key;
+                const float *restrict p = tab->p;
                 DISPATCH(dt, {
                     for (int j = 0; j < n; j++) {
                         const float v = ld(x, DT, i + j) - fb[j];
-                        const int bin = della_bin(mag_key(v), tab.floor_key);
-                        flag[j] = draw(mixed, i0 + (uint32_t)j) < tab.p[bin];
+                        const int bin = della_bin(mag_key(v), floor_key);
+                        flag[j] = draw(mixed, i0 + (uint32_t)j) < p[bin];
                         all[j] = v;
                         d[j] = flag[j] ? v : 0.0f;
                     }
                 });
                 put_bits(masks[m], i, flag, (int)n);
-                t += abs_sum(all, (int)n);
-                s += abs_sum(d, (int)n);
+                total[m * nblocks + blk] += abs_sum(all, (int)n);
+                kept[m * nblocks + blk] += abs_sum(d, (int)n);
             }
-            total[m * nblocks + blk] = t;
-            kept[m * nblocks + blk] = s;
         }
     }
+    free(tabs);
     free(keys);
 }
 
@@ -502,7 +534,7 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
     const int64_t row_len = della_row_len(keeps, M);
     float *buf = (float *)malloc((size_t)(M + 4) * CH * sizeof(float));
     della_tab_t *tabs = (della_tab_t *)malloc((size_t)M * sizeof(della_tab_t));
-    uint16_t *keys = (uint16_t *)malloc((size_t)(row_len + 1) * sizeof(uint16_t));
+    uint16_t *keys = della_scratch(row_len);
     if (!buf || !tabs || !keys) { free(buf); free(tabs); free(keys); return -1; }
     for (int m = 0; m < M; m++) tabs[m].row = -1;
     float *fb = buf, *acc = buf + CH, *tmp = buf + 2 * CH, *den = buf + 3 * CH, *ds = buf + 4 * CH;
@@ -567,7 +599,7 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
     float kept[DELLA ? 4 : 1][CH];
     uint16_t *keys = NULL;
     if (DELLA) {
-        keys = (uint16_t *)malloc((size_t)(row_len + 1) * sizeof(uint16_t));
+        keys = della_scratch(row_len);
         if (!keys) return -1;
         for (int m = 0; m < M; m++) tabs[m].row = -1;
     }
