@@ -329,6 +329,23 @@ static int64_t compact(const float *restrict d, const uint8_t *restrict hit, int
     return count;
 }
 
+#ifdef __AVX512F__
+/* Appends the d[k] with l < d[k] < h (k < n) to vals; returns the new count. Whole vectors
+ * are stored (room for n + 16 values), as in compact. */
+static int64_t gather_between(const float *restrict d, int n, float l, float h, float *restrict vals, int64_t count) {
+    const __m512 vl = _mm512_set1_ps(l), vh = _mm512_set1_ps(h);
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        const __m512 v = _mm512_loadu_ps(d + k);
+        const __mmask16 in = _mm512_cmp_ps_mask(v, vl, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, vh, _CMP_LT_OQ);
+        _mm512_storeu_ps(vals + count, _mm512_maskz_compress_ps(in, v));
+        count += __builtin_popcount(in);
+    }
+    for (; k < n; k++) { vals[count] = d[k]; count += (d[k] > l) & (d[k] < h); }
+    return count;
+}
+#endif
+
 /* lt[j] += #(d < piv[j]), le[j] += #(d <= piv[j]) over n magnitudes, three pivots at a
  * time with named accumulators, so that the loop over d vectorizes with the counts in
  * registers (an inner loop over an array of counts would be vectorized the wrong way). */
@@ -385,6 +402,12 @@ void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start
                 for (int g = m * G; g < (m + 1) * G; g++) {
                     if (found[g] > cap) continue;
                     const float l = lo[g], h = hi[g];
+#ifdef __AVX512F__
+                    if (found[g] + n + 16 <= cap) {  /* room for anything: compare and compress in one go */
+                        found[g] = gather_between(d, n, l, h, vals + g * cap, found[g]);
+                        continue;
+                    }
+#endif
                     uint8_t any = 0;
                     for (int k = 0; k < n; k++) { hit[k] = (d[k] > l) & (d[k] < h); any |= hit[k]; }
                     if (!any) continue;
