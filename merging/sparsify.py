@@ -4,7 +4,8 @@ Shared by ties, dare_linear/dare_ties, della/della_linear and breadcrumbs/breadc
 (merging/methods/), which say per model what to keep with a rule from `merging.keep_rules`.
 On CPU, when the fused kernels are built (`merging.native`), big tensors are merged by them
 in a counting pass per model and one mixing pass; this module is the torch code that runs
-everywhere else (GPUs, small tensors, DELLA) and that the kernels are tested against. The semantics are mergekit 0.1.5's (mergekit/sparsify.py and
+everywhere else (GPUs, small tensors, DELLA on tensors above 2-D) and that the kernels are
+tested against. The semantics are mergekit 0.1.5's (mergekit/sparsify.py and
 merge_methods/generalized_task_arithmetic.py); the implementation differs where mergekit
 sorts whole tensors or leaves the result to an unstable sort:
 
@@ -39,8 +40,8 @@ import torch
 
 from merging.finite import NonFiniteMergeError, all_finite
 from merging.keep_rules import (DELLA_BINS, DELLA_SHIFT, RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow,
-                                TopK, model_seed,
-                                prev_float32, prime_at_least, top_k_count, uniform_draws, window_ranks)
+                                TopK, model_seed, prev_float32, prime_at_least, top_k_count, uniform_draws,
+                                window_ranks)
 from merging.native import ops as native_ops
 from merging.native import task_vectors as native
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, model_seed, prev_float32,
-                                top_k_count, trivial, window_ranks)
+from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, model_seed,
+                                prev_float32, top_k_count, trivial, window_ranks)
 from merging.native import ops
 
 SAMPLE = 1 << 14              # magnitudes sampled per selection (runs of 16 spread evenly)
