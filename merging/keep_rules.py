@@ -56,6 +56,16 @@ class DellaDrop:
     seed: int
     rescale_norm: str | None = None
 
+    def __post_init__(self) -> None:
+        if 0 < self.density < 1:  # density 0 and 1 keep nothing and everything whatever ε is (mergekit)
+            check_della(self.density, self.epsilon)
+
+
+def check_della(density: float, epsilon: float) -> None:
+    if density - epsilon <= 0 or density + epsilon >= 1:
+        raise ValueError(f"della: keep probabilities density ± epsilon must lie in (0, 1); "
+                         f"got density={density}, epsilon={epsilon}")
+
 
 # DELLA ranks magnitudes within a row at the resolution of the float32 bit pattern >> 19
 # (exponent and 4 mantissa bits: 16 bins per binade, each bin spanning at most 6.25 % of its

@@ -40,8 +40,8 @@ import torch
 
 from merging.finite import NonFiniteMergeError, all_finite
 from merging.keep_rules import (DELLA_BINS, DELLA_SHIFT, RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow,
-                                TopK, model_seed, prev_float32, prime_at_least, top_k_count, uniform_draws,
-                                window_ranks)
+                                TopK, check_della, model_seed, prev_float32, prime_at_least, top_k_count,
+                                uniform_draws, window_ranks)
 from merging.native import ops as native_ops
 from merging.native import task_vectors as native
 
@@ -528,12 +528,6 @@ def bernoulli_(delta: torch.Tensor, density: float, rescale_norm: str | None = N
         part = flat[start : start + _ROW_BLOCK]
         part.mul_(uniform_draws(seed, start, part.numel(), delta.device).lt_(density))
     return _scalar_rescale(rescale_norm, before, delta, density)
-
-
-def check_della(density: float, epsilon: float) -> None:
-    if density - epsilon <= 0 or density + epsilon >= 1:
-        raise ValueError(f"della: keep probabilities density ± epsilon must lie in (0, 1); "
-                         f"got density={density}, epsilon={epsilon}")
 
 
 def _della_rows(x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 
 from merging.keep_rules import DellaDrop
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_della, check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def della_merge(
@@ -50,9 +50,6 @@ def della_merge(
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density, epsilon=epsilon)
-    for d, e in zip(density, epsilon):
-        if 0 < d < 1:
-            check_della(d, e)
     seed = generator.initial_seed() if generator is not None else 0
     return merge_task_vectors(
         tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,

@@ -641,7 +641,6 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
         int low_cut[4], high_cut[4];
         uint32_t mixed[4];
         float coef[4], mag[4], sign_c[4], weight[4], lh[4], lt[4], hh[4], ht[4], density[4];
-
         int live[4];
         for (int m = 0; m < M; m++) {
             const keep_t *k = &keeps[m];
@@ -652,7 +651,6 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
             sign_c[m] = k->coef < 0.0f ? -1.0f : 1.0f;
             live[m] = k->coef != 0.0f;
             mixed[m] = RANDOM && k->random ? draw_mix(k, i) : 0u;
-
         }
         for (int j = 0; j < n; j++) {
             const float bv = fb[j];

@@ -139,24 +139,15 @@ def _resolve(x: torch.Tensor, b: torch.Tensor, k: int, pivots: np.ndarray, lt_bl
     # all rank below those, so it is found among all of them without filtering copies.
     at_or_below = int(np.count_nonzero(values <= lo))
     t = float(np.partition(values, k - f_lo - 1 + at_or_below)[k - f_lo - 1 + at_or_below])
-    equal_blocks = blocks[values == t]  # the block of each element equal to t, in index order
+    equal_blocks = blocks[values == t]  # the block of each element equal to t
     return Threshold(t, f_lo + int(np.count_nonzero(values < t)) - at_or_below, equal_blocks.size,
-                     lambda need: _equal_index_in_block(x, b, t, equal_blocks, need))
-
-
-def _equal_index_in_block(x: torch.Tensor, b: torch.Tensor, value: float, equal_blocks: np.ndarray,
-                          need: int) -> int:
-    """Where the need-th magnitude equal to `value` lies, given the block of each of them."""
-    block = int(equal_blocks[need - 1])
-    rank = need - int(np.searchsorted(equal_blocks, block))  # equal ones in earlier blocks come first
-    start = block * ops.BLOCK
-    found = ops.nth_equal(x, b, start, min(x.numel(), start + ops.BLOCK), value, rank)
-    if found < 0:
-        raise RuntimeError("native selection: gathered ties disagree with the data")
-    return found
+                     lambda need: _equal_index_from_blocks(
+                         x, b, np.cumsum(np.bincount(equal_blocks, minlength=-(-x.numel() // ops.BLOCK))), t, need))
 
 
 def _equal_index_from_blocks(x, b, per_block_equal: np.ndarray, value: float, need: int) -> int:
+    """Where the need-th magnitude equal to `value` lies, given how many of them the blocks
+    up to each one hold (cumulative): one block is scanned."""
     block = int(np.searchsorted(per_block_equal, need))
     before = int(per_block_equal[block - 1]) if block > 0 else 0
     start = block * ops.BLOCK
