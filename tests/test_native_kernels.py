@@ -332,3 +332,45 @@ def test_della_rows_of_any_length_match_torch(shape, torch_path):
             assert torch.equal(got, want), extra
         else:  # L1: the norms are summed in another order
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def portable_library(tmp_path_factory):
+    """The kernels built for a CPU without AVX-512 (x86-64-v3: AVX2, as on most laptops), so
+    that the fallback loops behind the AVX-512 paths are checked on this machine too."""
+    import ctypes
+    import platform
+    import shutil
+
+    from merging.native import FLAGS, SOURCE, _declare
+
+    compiler = os.environ.get("CC") or "cc"
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which(compiler) is None:
+        pytest.skip("the portable build is an x86-64 check")
+    out = tmp_path_factory.mktemp("portable") / "kernels.so"
+    flags = [f for f in FLAGS if f != "-march=native"] + ["-march=x86-64-v3"]
+    subprocess.run([compiler, *flags, "-o", str(out), str(SOURCE), "-lm"], check=True, timeout=600)
+    return _declare(ctypes.CDLL(str(out)))
+
+
+@pytest.mark.parametrize("case", sorted(EXACT_CASES))
+def test_portable_build_is_bit_identical_to_torch(case, portable_library, torch_path, monkeypatch):
+    monkeypatch.setattr(ops, "library", lambda: portable_library)
+    fn, kwargs = EXACT_CASES[case]
+    base, models = family(torch.bfloat16, seed=sum(map(ord, case)))
+    extra = dict(generator=seeded(11)) if fn in RANDOMIZED else {}
+    got = fn(models, base, **kwargs, **extra)
+    want = torch_path(fn, models, base, **kwargs, **(dict(generator=seeded(11)) if extra else {}))
+    assert torch.equal(got, want), f"{case}: {int((got != want).sum())} values differ"
+
+
+def test_portable_build_della_masks_match_torch(portable_library, torch_path, monkeypatch):
+    # the L1 path: masks at odd bit offsets (rows of 777), the sums' scalar loops
+    monkeypatch.setattr(ops, "library", lambda: portable_library)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(300, 777, generator=g) * 0.02
+    models = [(base + 0.002 * torch.randn(300, 777, generator=g)).bfloat16() for _ in range(2)]
+    kw = dict(weight=[0.5, 0.3], density=[0.3, 0.5], epsilon=[0.1, 0.2])
+    got = della(models, base.bfloat16(), **kw, generator=seeded(5))
+    want = torch_path(della, models, base.bfloat16(), **kw, generator=seeded(5))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

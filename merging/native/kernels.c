@@ -82,13 +82,25 @@ INLINE int st(void *p, int dt, int64_t i, float v) {
 /* Counter-based uniform draw: lowbias32 (Wellons) of the index mixed with the seed.
  * merging/keep_rules.py:uniform_draws computes the same bits with torch. `mixed` is
  * seed ^ (index >> 32) * 0x85ebca77, constant over a chunk. */
-INLINE float draw(uint32_t mixed, uint32_t index_lo) {
+INLINE uint32_t draw_bits(uint32_t mixed, uint32_t index_lo) {  /* the draw's 24 bits H: u = H · 2^-24 */
     uint32_t h = index_lo * 0x9e3779b1u ^ mixed;
     h ^= h >> 16; h *= 0x7feb352du;
     h ^= h >> 15; h *= 0x846ca68bu;
     h ^= h >> 16;
-    return (float)(h >> 8) * 0x1p-24f;
+    return h >> 8;
 }
+
+INLINE float draw(uint32_t mixed, uint32_t index_lo) { return (float)draw_bits(mixed, index_lo) * 0x1p-24f; }
+
+#ifdef __AVX512F__
+/* Sixteen elements from i, as float32 (exact, like ld). */
+INLINE __m512 ld16(const void *p, int dt, int64_t i) {
+    if (dt == F32) return _mm512_loadu_ps((const float *)p + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (dt == BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+#endif
 
 INLINE int bit(const uint8_t *bits, int64_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
 
@@ -105,10 +117,14 @@ INLINE uint32_t draw_mix(const keep_t *k, int64_t i) {
 #define DSHIFT 19
 
 typedef struct {
-    int64_t row;        /* the row these tables are for (-1: none yet) */
-    int32_t floor_key;  /* the key of bin 0 */
-    float p[DBINS];     /* keep probability per bin */
-    float s[DBINS];     /* scale of a kept entry per bin */
+    uint8_t thr_hi[DBINS] __attribute__((aligned(64)));  /* min(thr >> 16, 255): settles 255 in 256 draws */
+    uint32_t thr[DBINS];  /* keep iff H < thr(bin): u = H·2^-24 < p ⇔ H < ⌈p·2^24⌉, exactly */
+    float p[DBINS];       /* keep probability per bin */
+    float s[DBINS];       /* scale of a kept entry per bin (inverse_density only) */
+    int64_t row;          /* the row these tables are for (-1: none yet) */
+    int32_t floor_key;    /* the key of bin 0 */
+    uint16_t *keys;       /* scratch (della_tabs): the row's keys, then its bins */
+    const uint8_t *bins;  /* the row's bins, one byte per element */
 } della_tab_t;
 
 INLINE uint32_t mag_key(float v) {
@@ -122,9 +138,29 @@ INLINE int della_bin(uint32_t key, int32_t floor_key) {
     return bin > 0 ? bin : 0;
 }
 
-/* Scratch for della_tables: room for a row's keys and bins. */
-static uint16_t *della_scratch(int64_t row_len) {
-    return (uint16_t *)malloc((size_t)(row_len + 1) * (sizeof(uint16_t) + 1));
+/* Tables for M models with room for rows of row_len (NULL when out of memory); free with
+ * della_tabs_free. Each model has its own scratch: the bins of its row outlive a chunk. */
+static della_tab_t *della_tabs(int M, int64_t row_len) {
+    della_tab_t *tabs = (della_tab_t *)aligned_alloc(64, (size_t)M * sizeof(della_tab_t));
+    if (!tabs) return NULL;
+    int ok = 1;
+    for (int m = 0; m < M; m++) {
+        tabs[m].row = -1;
+        tabs[m].keys = (uint16_t *)malloc((size_t)(row_len + 1) * (sizeof(uint16_t) + 1) + 64);
+        ok &= tabs[m].keys != NULL;
+    }
+    if (!ok) {
+        for (int m = 0; m < M; m++) free(tabs[m].keys);
+        free(tabs);
+        return NULL;
+    }
+    return tabs;
+}
+
+static void della_tabs_free(della_tab_t *tabs, int M) {
+    if (!tabs) return;
+    for (int m = 0; m < M; m++) free(tabs[m].keys);
+    free(tabs);
 }
 
 /* count[0..DBINS) → 2·below + count − 1 per bin, below = the count of the bins under it. */
@@ -153,10 +189,33 @@ static void twice_mean_ranks(const int32_t *restrict count, int32_t *restrict ou
 #endif
 }
 
-/* The tables of the rule's row `row` (keys: della_scratch(row_len)). */
-static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const void *b, int dt, int64_t row,
-                         uint16_t *restrict keys) {
+/* thr = ⌈p·2^24⌉ clamped to [0, 2^24], and its top byte (p·2^24 is exact: a power-of-two scale). */
+static void della_thresholds(della_tab_t *t) {
+    int bin = 0;
+#ifdef __AVX512F__
+    const __m512 top = _mm512_set1_ps(0x1p24f), zero = _mm512_setzero_ps();
+    for (; bin < DBINS; bin += 16) {
+        const __m512 h = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(t->p + bin), top), zero), top);
+        __m512i c = _mm512_cvttps_epi32(h);
+        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(c), h, _CMP_LT_OQ), c, _mm512_set1_epi32(1));
+        _mm512_storeu_si512(t->thr + bin, c);
+        _mm_storeu_si128((__m128i *)(t->thr_hi + bin),
+                         _mm512_cvtepi32_epi8(_mm512_min_epu32(_mm512_srli_epi32(c, 16), _mm512_set1_epi32(255))));
+    }
+#endif
+    for (; bin < DBINS; bin++) {
+        float h = t->p[bin] * 0x1p24f;
+        h = h > 0.0f ? (h < 0x1p24f ? h : 0x1p24f) : 0.0f;
+        const int32_t c = (int32_t)h + ((float)(int32_t)h < h);
+        t->thr[bin] = (uint32_t)c;
+        t->thr_hi[bin] = (uint8_t)(c >> 16 > 255 ? 255 : c >> 16);
+    }
+}
+
+/* The tables of the rule's row `row`, and the row's bins. */
+static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const void *b, int dt, int64_t row) {
     const int64_t L = k->row_len, rs = row * L;
+    uint16_t *restrict keys = t->keys;
     uint8_t *restrict bins = (uint8_t *)(keys + L + 1);
     uint32_t top = 0;
     if (b) DISPATCH(dt, { for (int64_t j = 0; j < L; j++) {
@@ -187,26 +246,86 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
         const double r = L > 1 ? (double)twice_mean_rank[bin] * scale : 0.5;
         t->p[bin] = (float)(lo + span * r);
     }
-    if (k->della_inverse)
+    della_thresholds(t);
+    if (k->della_inverse)  /* only the inverse-density rescale scales kept entries */
         for (int bin = 0; bin < DBINS; bin++) t->s[bin] = 1.0f / t->p[bin];
-    else
-        for (int bin = 0; bin < DBINS; bin++) t->s[bin] = 1.0f;
     t->row = row;
     t->floor_key = floor_key;
+    t->bins = bins;
 }
+
+/* Bit j of words := u(seed, i0 + j) < p(bin j) for j < n (bins: the piece's bins). Vectorized
+ * as bytes: the top 8 of the draw's 24 bits against thr_hi decide all but the equal ones, which
+ * are compared whole. */
+static void della_keep_words(uint64_t *restrict words, const della_tab_t *restrict t, const uint8_t *restrict bins,
+                             uint32_t mixed, uint32_t i0, int n) {
+    int j = 0;
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+    const __m512i t0 = _mm512_load_si512(t->thr_hi), t1 = _mm512_load_si512(t->thr_hi + 64);
+    const __m512i t2 = _mm512_load_si512(t->thr_hi + 128), t3 = _mm512_load_si512(t->thr_hi + 192);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i golden = _mm512_set1_epi32((int)0x9e3779b1u), mix = _mm512_set1_epi32((int)mixed);
+    const __m512i c1 = _mm512_set1_epi32(0x7feb352d), c2 = _mm512_set1_epi32((int)0x846ca68bu);
+    for (; j + 64 <= n; j += 64) {
+        const __m512i bin = _mm512_loadu_si512(bins + j);
+        const __m512i thr = _mm512_mask_blend_epi8(_mm512_movepi8_mask(bin), _mm512_permutex2var_epi8(t0, bin, t1),
+                                                   _mm512_permutex2var_epi8(t2, bin, t3));
+        __m512i top = _mm512_setzero_si512();
+        for (int q = 0; q < 4; q++) {
+            __m512i h = _mm512_add_epi32(_mm512_set1_epi32((int)(i0 + (uint32_t)(j + 16 * q))), lane);
+            h = _mm512_xor_si512(_mm512_mullo_epi32(h, golden), mix);
+            h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 16)), c1);
+            h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 15)), c2);
+            h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+            top = _mm512_inserti32x4(top, _mm512_cvtepi32_epi8(_mm512_srli_epi32(h, 24)), q);
+        }
+        uint64_t keep = _mm512_cmplt_epu8_mask(top, thr), tie = _mm512_cmpeq_epu8_mask(top, thr);
+        for (; tie; tie &= tie - 1) {
+            const int e = __builtin_ctzll(tie);
+            keep |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)(j + e)) < t->thr[bins[j + e]]) << e;
+        }
+        words[j >> 6] = keep;
+    }
+#endif
+    for (; j < n; j++) {
+        if ((j & 63) == 0) words[j >> 6] = 0;
+        words[j >> 6] |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)j) < t->thr[bins[j]]) << (j & 63);
+    }
+}
+
+INLINE int word_bit(const uint64_t *words, int j) { return (int)(words[j >> 6] >> (j & 63)) & 1; }
+
+/* The bins of the piece of t's row that starts at global index i. */
+INLINE const uint8_t *bins_at(const della_tab_t *t, const keep_t *k, int64_t i) { return t->bins + (i - t->row * k->row_len); }
 
 /* d[j] = (x - b)[i + j] · s(bin) if u(seed, i + j) < p(bin), else 0, for j < n: one DELLA
  * rule over a piece of one row whose tables are t; fb holds b's chunk as float32. */
 static void della_kept(float *restrict d, const void *x, const float *restrict fb, int dt, int64_t i, int n,
                        const keep_t *k, const della_tab_t *restrict t) {
-    const uint32_t mixed = draw_mix(k, i), i0 = (uint32_t)i;
-    const int32_t floor_key = t->floor_key;
-    const float *restrict p = t->p, *restrict s = t->s;
+    uint64_t words[CH / 64 + 1];
+    const uint8_t *restrict bins = bins_at(t, k, i);
+    della_keep_words(words, t, bins, draw_mix(k, i), (uint32_t)i, n);
+    const float *restrict s = t->s;
+    const int inverse = k->della_inverse;
+    int j = 0;
+#ifdef __AVX512F__
     DISPATCH(dt, {
-        for (int j = 0; j < n; j++) {
+        for (; j + 16 <= n; j += 16) {
+            const __mmask16 keep = (__mmask16)(words[j >> 6] >> (j & 63));
+            const __m512 v = _mm512_sub_ps(ld16(x, DT, i + j), _mm512_loadu_ps(fb + j));
+            if (inverse) {
+                const __m512i bin = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(bins + j)));
+                _mm512_storeu_ps(d + j, _mm512_maskz_mul_ps(keep, v, _mm512_i32gather_ps(bin, s, 4)));
+            } else {
+                _mm512_storeu_ps(d + j, _mm512_maskz_mov_ps(keep, v));
+            }
+        }
+    });
+#endif
+    DISPATCH(dt, {
+        for (; j < n; j++) {
             const float v = ld(x, DT, i + j) - fb[j];
-            const int bin = della_bin(mag_key(v), floor_key);
-            d[j] = draw(mixed, i0 + (uint32_t)j) < p[bin] ? v * s[bin] : 0.0f;
+            d[j] = word_bit(words, j) ? (inverse ? v * s[bins[j]] : v) : 0.0f;
         }
     });
 }
@@ -484,18 +603,48 @@ void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, 
     }
 }
 
-/* Bit j of the n-bit field at bit offset `at` of bits := flag[j] (0/1), byte by byte where aligned. */
-static void put_bits(uint8_t *restrict bits, int64_t at, const uint8_t *restrict flag, int n) {
+/* Bits [at, at + n) of bits := bits [0, n) of words: whole bytes where `at` is a multiple of 8. */
+static void put_words(uint8_t *restrict bits, int64_t at, const uint64_t *restrict words, int n) {
     int j = 0;
-    for (; j < n && ((at + j) & 7); j++)
-        bits[(at + j) >> 3] = (uint8_t)((bits[(at + j) >> 3] & ~(1u << ((at + j) & 7))) | flag[j] << ((at + j) & 7));
-    for (; j + 8 <= n; j += 8) {  /* eight 0/1 bytes to one byte: a multiply gathers them into the top byte */
-        uint64_t w;
-        memcpy(&w, flag + j, 8);
-        bits[(at + j) >> 3] = (uint8_t)((w * 0x0102040810204080ull) >> 56);
+    if ((at & 7) == 0) {
+        memcpy(bits + (at >> 3), words, (size_t)(n >> 3));  /* little-endian: bit j of a word is bit j of its bytes */
+        j = n & ~7;
     }
-    for (; j < n; j++)
-        bits[(at + j) >> 3] = (uint8_t)((bits[(at + j) >> 3] & ~(1u << ((at + j) & 7))) | flag[j] << ((at + j) & 7));
+    for (; j < n; j++) {
+        const int64_t k = at + j;
+        bits[k >> 3] = (uint8_t)((bits[k >> 3] & ~(1u << (k & 7))) | (unsigned)word_bit(words, j) << (k & 7));
+    }
+}
+
+/* *total += Σ|d|, *kept += Σ|d| where bit j of words is set, d = (x - b)[i + j] (j < n; fb: b's
+ * chunk as float32): sixteen partial sums added in order, as abs_sum. */
+static void l1_pair(double *total, double *kept, const void *x, const float *restrict fb, int dt, int64_t i, int n,
+                    const uint64_t *restrict words) {
+    float part_t[16] = {0}, part_k[16] = {0};
+    int j = 0;
+#ifdef __AVX512F__
+    __m512 t = _mm512_setzero_ps(), k = _mm512_setzero_ps();
+    DISPATCH(dt, {
+        for (; j + 16 <= n; j += 16) {
+            const __m512 a = _mm512_abs_ps(_mm512_sub_ps(ld16(x, DT, i + j), _mm512_loadu_ps(fb + j)));
+            t = _mm512_add_ps(t, a);
+            k = _mm512_mask_add_ps(k, (__mmask16)(words[j >> 6] >> (j & 63)), k, a);
+        }
+    });
+    _mm512_storeu_ps(part_t, t);
+    _mm512_storeu_ps(part_k, k);
+#endif
+    DISPATCH(dt, {
+        for (; j < n; j++) {
+            const float a = fabsf(ld(x, DT, i + j) - fb[j]);
+            part_t[j & 15] += a;
+            part_k[j & 15] += word_bit(words, j) ? a : 0.0f;
+        }
+    });
+    float st_ = 0.0f, sk = 0.0f;
+    for (int l = 0; l < 16; l++) st_ += part_t[l], sk += part_k[l];
+    *total += st_;
+    *kept += sk;
 }
 
 /* DELLA's draws for M models over [start, stop) (block-aligned), for a rescale that needs the
@@ -505,12 +654,10 @@ static void put_bits(uint8_t *restrict bits, int64_t at, const uint8_t *restrict
 void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
                  const keep_t *keeps, uint8_t *const *masks, double *total, double *kept) {
     const int64_t row_len = della_row_len(keeps, M);
-    float fb[CH], d[CH], all[CH];
-    uint8_t flag[CH];
-    della_tab_t *tabs = (della_tab_t *)malloc((size_t)M * sizeof(della_tab_t));
-    uint16_t *keys = della_scratch(row_len);
-    if (!tabs || !keys) { free(tabs); free(keys); return; }
-    for (int m = 0; m < M; m++) tabs[m].row = -1;
+    float fb[CH];
+    uint64_t words[CH / 64 + 1];
+    della_tab_t *tabs = della_tabs(M, row_len);
+    if (!tabs) return;
     for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {  /* models innermost: the base is read once */
         int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
         for (int m = 0; m < M; m++) total[m * nblocks + blk] = kept[m * nblocks + blk] = 0.0;
@@ -518,29 +665,15 @@ void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t st
             n = chunk_len(i, blk_end, row_len);
             load_base(fb, b, dt, i, (int)n);
             for (int m = 0; m < M; m++) {
-                const void *x = xs[m];
                 della_tab_t *tab = &tabs[m];
-                if (tab->row != i / row_len) della_tables(tab, &keeps[m], x, b, dt, i / row_len, keys);
-                const uint32_t mixed = draw_mix(&keeps[m], i), i0 = (uint32_t)i;
-                const int32_t floor_key = tab->floor_key;
-                const float *restrict p = tab->p;
-                DISPATCH(dt, {
-                    for (int j = 0; j < n; j++) {
-                        const float v = ld(x, DT, i + j) - fb[j];
-                        const int bin = della_bin(mag_key(v), floor_key);
-                        flag[j] = draw(mixed, i0 + (uint32_t)j) < p[bin];
-                        all[j] = v;
-                        d[j] = flag[j] ? v : 0.0f;
-                    }
-                });
-                put_bits(masks[m], i, flag, (int)n);
-                total[m * nblocks + blk] += abs_sum(all, (int)n);
-                kept[m * nblocks + blk] += abs_sum(d, (int)n);
+                if (tab->row != i / row_len) della_tables(tab, &keeps[m], xs[m], b, dt, i / row_len);
+                della_keep_words(words, tab, bins_at(tab, &keeps[m], i), draw_mix(&keeps[m], i), (uint32_t)i, (int)n);
+                put_words(masks[m], i, words, (int)n);
+                l1_pair(&total[m * nblocks + blk], &kept[m * nblocks + blk], xs[m], fb, dt, i, (int)n, words);
             }
         }
     }
-    free(tabs);
-    free(keys);
+    della_tabs_free(tabs, M);
 }
 
 /* mix() for any number of models: a chunk at a time, model by model through L1 buffers. */
@@ -556,10 +689,8 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
                            float lambda) {
     const int64_t row_len = della_row_len(keeps, M);
     float *buf = (float *)malloc((size_t)(M + 4) * CH * sizeof(float));
-    della_tab_t *tabs = (della_tab_t *)malloc((size_t)M * sizeof(della_tab_t));
-    uint16_t *keys = della_scratch(row_len);
-    if (!buf || !tabs || !keys) { free(buf); free(tabs); free(keys); return -1; }
-    for (int m = 0; m < M; m++) tabs[m].row = -1;
+    della_tab_t *tabs = row_len ? della_tabs(M, row_len) : NULL;
+    if (!buf || (row_len && !tabs)) { free(buf); della_tabs_free(tabs, M); return -1; }
     float *fb = buf, *acc = buf + CH, *tmp = buf + 2 * CH, *den = buf + 3 * CH, *ds = buf + 4 * CH;
     int64_t bad = 0;
     for (int64_t i = start, n_; i < stop; i += n_) {
@@ -567,15 +698,15 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
         n_ = n;
         for (int m = 0; m < M; m++)
             if (keeps[m].della && tabs[m].row != i / row_len)
-                della_tables(&tabs[m], &keeps[m], xs[m], b, dt, i / row_len, keys);
+                della_tables(&tabs[m], &keeps[m], xs[m], b, dt, i / row_len);
         load_base(fb, b, dt, i, n);
         if (!consensus) {
             memcpy(acc, fb, (size_t)n * 4);
-            for (int m = 0; m < M; m++) kept_delta(NULL, acc, xs[m], fb, dt, i, n, &keeps[m], &tabs[m]);
+            for (int m = 0; m < M; m++) kept_delta(NULL, acc, xs[m], fb, dt, i, n, &keeps[m], tabs ? &tabs[m] : NULL);
         } else {
             memset(acc, 0, (size_t)n * 4);  /* the sign sum */
             for (int m = 0; m < M; m++)
-                kept_delta(ds + (size_t)m * CH, acc, xs[m], fb, dt, i, n, &keeps[m], &tabs[m]);
+                kept_delta(ds + (size_t)m * CH, acc, xs[m], fb, dt, i, n, &keeps[m], tabs ? &tabs[m] : NULL);
             memset(tmp, 0, (size_t)n * 4);
             memset(den, 0, (size_t)n * 4);
             const uint32_t *restrict ua = (const uint32_t *)acc;
@@ -603,8 +734,7 @@ static int64_t mix_general(const void *const *xs, int M, const void *b, int dt, 
         bad += nb;
     }
     free(buf);
-    free(tabs);
-    free(keys);
+    della_tabs_free(tabs, M);
     return bad;
 }
 
@@ -618,14 +748,9 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
     float res[CH], fb[CH];
     int64_t bad = 0;
     const int64_t row_len = DELLA ? della_row_len(keeps, M) : 0;
-    della_tab_t tabs[4];
+    della_tab_t *tabs = NULL;
     float kept[DELLA ? 4 : 1][CH];
-    uint16_t *keys = NULL;
-    if (DELLA) {
-        keys = della_scratch(row_len);
-        if (!keys) return -1;
-        for (int m = 0; m < M; m++) tabs[m].row = -1;
-    }
+    if (DELLA && !(tabs = della_tabs(M, row_len))) return -1;
     for (int64_t i = start, n_; i < stop; i += n_) {
         const int n = chunk_len(i, stop, row_len);
         n_ = n;
@@ -635,7 +760,7 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
             for (int m = 0; m < M; m++) {
                 if (keeps[m].mask) { masked_delta(kept[m], xs[m], fb, DT, i, n, keeps[m].mask); continue; }
                 if (!keeps[m].della) { kept_delta(kept[m], NULL, xs[m], fb, DT, i, n, &keeps[m], NULL); continue; }
-                if (tabs[m].row != i / row_len) della_tables(&tabs[m], &keeps[m], xs[m], b, DT, i / row_len, keys);
+                if (tabs[m].row != i / row_len) della_tables(&tabs[m], &keeps[m], xs[m], b, DT, i / row_len);
                 della_kept(kept[m], xs[m], fb, DT, i, n, &keeps[m], &tabs[m]);
             }
         int low_cut[4], high_cut[4];
@@ -687,7 +812,7 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
         DISPATCH(out_dt, { for (int k = 0; k < n; k++) nb += st(out, DT, i + k, res[k]); });
         bad += nb;
     }
-    free(keys);
+    della_tabs_free(tabs, M);
     return bad;
 }
 
