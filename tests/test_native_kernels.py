@@ -374,3 +374,22 @@ def test_portable_build_della_masks_match_torch(portable_library, torch_path, mo
     got = della(models, base.bfloat16(), **kw, generator=seeded(5))
     want = torch_path(della, models, base.bfloat16(), **kw, generator=seeded(5))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("data", ["continuous", "tied", "one_value", "zeros_and_spread"])
+def test_select_kth_matches_a_sort(data):
+    import numpy as np
+
+    rng = np.random.default_rng(len(data))
+    values = {"continuous": rng.random(100_003).astype(np.float32),
+              "tied": (rng.integers(0, 700, 100_003) * 2.0**-13).astype(np.float32),   # bf16-delta-like
+              "one_value": np.full(5000, 0.25, dtype=np.float32),
+              "zeros_and_spread": np.concatenate([np.zeros(300), rng.random(700) * 1e30,
+                                                  rng.random(50) * 1e-30]).astype(np.float32)}[data]
+    ordered = np.sort(values)
+    for r in (0, values.size // 3, values.size // 2, values.size - 1):
+        t, less, equal = ops.select_kth(values, r)
+        assert t == ordered[r]
+        assert less == int(np.count_nonzero(values < t)) and equal == int(np.count_nonzero(values == t))
+    with pytest.raises(ValueError, match="outside"):
+        ops.select_kth(values, values.size)

@@ -104,6 +104,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.sample_mags.restype = None
     lib.nth_equal.argtypes = [vp, vp, i32, i64, i64, f32, i64]
     lib.nth_equal.restype = i64
+    lib.select_kth.argtypes = [vp, i64, i64, vp, vp, vp]
+    lib.select_kth.restype = f32
     lib.l1_sums.argtypes = [vp, vp, i32, i64, i64, vp, vp, vp]
     lib.l1_sums.restype = None
     lib.della_masks.argtypes = [vp, i32, vp, i32, i64, i64, i64, vp, vp, vp, vp]

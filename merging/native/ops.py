@@ -114,15 +114,15 @@ class Counts:
     per_block: np.ndarray           # (M·G, blocks) int64: how many each block gave
 
     def values(self, model: int, interval: int, intervals: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The magnitudes gathered for one model's interval, in index order, and the block
-        each came from (None: there were too many)."""
+        """The magnitudes gathered for one model's interval, in index order, and how many of
+        them the blocks up to each one gave, cumulative (None: there were too many)."""
         g = model * intervals + interval
         counts = self.found[:, g]
         if (counts > self.parts.shape[2]).any():
             return None
         values = self.parts[0, g, : counts[0]] if len(counts) == 1 else \
             np.concatenate([self.parts[r, g, :c] for r, c in enumerate(counts)])
-        return values, np.repeat(np.arange(self.per_block.shape[1], dtype=np.int32), self.per_block[g])
+        return values, np.cumsum(self.per_block[g])
 
 
 def selection_pass(xs: Sequence[torch.Tensor], b: torch.Tensor | None, pivots: np.ndarray, lo: np.ndarray,
@@ -167,6 +167,24 @@ def sample_magnitudes(x: torch.Tensor, b: torch.Tensor | None, size: int, run: i
     library().sample_mags(_ptr(xf), _ptr(bf), DTYPE_CODES[xf.dtype], (n - (runs - 1) * stride - run) // 2, stride,
                           runs, run, out.ctypes.data)
     return out
+
+
+_SCRATCH = np.empty(0, dtype=np.float32)
+
+
+def select_kth(values: np.ndarray, r: int) -> tuple[float, int, int]:
+    """The r-th smallest (0-based) of non-negative float32 values, how many are smaller and how
+    many equal (select_kth in kernels.c: a radix select, fast on heavily tied values)."""
+    global _SCRATCH
+    if not 0 <= r < values.size:
+        raise ValueError(f"rank {r} outside 0..{values.size - 1}")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if _SCRATCH.size < values.size:
+        _SCRATCH = np.empty(max(values.size, 2 * _SCRATCH.size), dtype=np.float32)
+    less, equal = ctypes.c_int64(), ctypes.c_int64()
+    t = library().select_kth(values.ctypes.data, values.size, r, _SCRATCH.ctypes.data, ctypes.byref(less),
+                             ctypes.byref(equal))
+    return float(t), less.value, equal.value
 
 
 def nth_equal(x: torch.Tensor, b: torch.Tensor | None, start: int, stop: int, value: float, nth: int) -> int:

@@ -134,15 +134,18 @@ def _resolve(x: torch.Tensor, b: torch.Tensor, k: int, pivots: np.ndarray, lt_bl
                                    cap).values(0, 0, 1)
         if found is None:  # the sample missed badly: select on the materialized magnitudes
             return _materialized(x, b, k)
-    values, blocks = found
+    values, ends = found
     # t is the (k − f_lo)-th of the gathered values in (lo, hi); the gathered values ≤ lo
     # all rank below those, so it is found among all of them without filtering copies.
     at_or_below = int(np.count_nonzero(values <= lo))
-    t = float(np.partition(values, k - f_lo - 1 + at_or_below)[k - f_lo - 1 + at_or_below])
-    equal_blocks = blocks[values == t]  # the block of each element equal to t
-    return Threshold(t, f_lo + int(np.count_nonzero(values < t)) - at_or_below, equal_blocks.size,
-                     lambda need: _equal_index_from_blocks(
-                         x, b, np.cumsum(np.bincount(equal_blocks, minlength=-(-x.numel() // ops.BLOCK))), t, need))
+    t, less, equal = ops.select_kth(values, k - f_lo - 1 + at_or_below)
+
+    def equal_index(need: int) -> int:
+        # the block of each gathered value equal to t, from the blocks' cumulative counts
+        blocks = np.searchsorted(ends, np.flatnonzero(values == t), side="right")
+        return _equal_index_from_blocks(x, b, np.cumsum(np.bincount(blocks, minlength=ends.size)), t, need)
+
+    return Threshold(t, f_lo + less - at_or_below, equal, equal_index)
 
 
 def _equal_index_from_blocks(x, b, per_block_equal: np.ndarray, value: float, need: int) -> int:
