@@ -63,7 +63,9 @@ def start_ray(config: SearchConfig) -> None:
         return
     w = config.workers
     # Logical CPUs: the workers' share plus room for judge actors and the light trials.
-    ray.init(num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
+    # address="local": a new instance of our own size even where a `ray start` cluster (or
+    # RAY_ADDRESS) is on this machine; plain ray.init() would join it and refuse num_cpus.
+    ray.init(address="local", num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
              include_dashboard=False, log_to_driver=False, resources=_local_resources(config))
 
 

@@ -47,8 +47,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     """Two Ray nodes on this machine; the API key is in their environment, as it would be
     exported on every node of a real cluster (never put into a runtime_env or config)."""
     port = _free_port()
@@ -148,3 +148,19 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
     ray_logs = Path("/tmp/ray/session_latest/logs")
     if ray_logs.exists():
         assert _files_containing(ray_logs, secret) == []
+
+
+def test_a_search_without_ray_address_starts_its_own_ray_beside_a_running_cluster(cluster):
+    # A `ray start` cluster on the machine (and RAY_ADDRESS naming it) must not capture a
+    # search configured for a local Ray: plain ray.init() would join it and then refuse
+    # num_cpus with a ValueError.
+    address, env = cluster
+    code = ("import json, ray; from search.config import parse_search_config; from search.pool import start_ray;"
+            "start_ray(parse_search_config({'models': {'example': True}, 'workers': {'count': 1, 'cpus': 1}}));"
+            "print(json.dumps([ray.get_runtime_context().gcs_address, ray.cluster_resources().get('CPU')]));"
+            "ray.shutdown()")
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    gcs, cpus = json.loads(run.stdout.strip().splitlines()[-1])
+    assert gcs != address and cpus == 1 + 1 + 1  # workers · cpus + judges + 1, not the cluster's 4
