@@ -127,7 +127,7 @@ _M32 = 0xFFFFFFFF
 def uniform_draws(seed: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """u(seed, i) for i in [start, start + n): float32 in [0, 1), multiples of 2⁻²⁴.
 
-    A counter-based draw (lowbias32 of the index mixed with the seed; hash32 in
+    A counter-based draw (lowbias32 of the index mixed with the seed; draw_bits in
     merging/native/kernels.c computes the same bits), so a DARE mask depends only on the
     seed and the position, not on the device, thread count or chunking.
     """
