@@ -65,12 +65,12 @@ def _bracket(sample: np.ndarray, k: int, n: int) -> tuple[int, int, int]:
 
 
 def _pivots(sample: np.ndarray, k: int, n: int) -> tuple[list[float], float, float]:
-    """Pivots for rank k and the open interval to gather, from a sample partitioned at the
-    bracket's ends. When the bracket holds few distinct values (heavy ties: bf16 deltas),
-    every one of them is a pivot, so that t is one and its ties are located from counts;
-    otherwise the ends and the middle."""
+    """Pivots for rank k and the open interval to gather, from a sorted sample. When the
+    bracket holds few distinct values (heavy ties: bf16 deltas), every one of them is a
+    pivot, so that t is one and its ties are located from counts; otherwise the ends and
+    the middle."""
     first, middle, last = _bracket(sample, k, n)
-    bracket = np.sort(sample[first : last + 1])  # a few hundred values
+    bracket = sample[first : last + 1]  # a few hundred values
     distinct = bracket[np.concatenate(([True], bracket[1:] != bracket[:-1]))]
     if distinct.size <= MAX_PIVOTS:
         values = distinct.tolist()
@@ -93,7 +93,7 @@ def kth_magnitudes(xs: Sequence[torch.Tensor], b: torch.Tensor, ks: Sequence[Seq
     hi = np.zeros_like(lo)
     for m, (x, model_ks) in enumerate(zip(xs, ks)):
         sample = ops.sample_magnitudes(x, b, SAMPLE)
-        sample.partition(sorted({j for k in model_ks for j in _bracket(sample, k, n)[::2]}))
+        sample.sort()  # numpy's vectorized sort: faster than partitioning the heavily tied samples of bf16 deltas
         values: set[float] = set()
         for g, k in enumerate(model_ks):
             pivots_k, lo[m, g], hi[m, g] = _pivots(sample, k, n)
