@@ -55,7 +55,7 @@ def _build(compiler: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # One compile per machine: workers starting together wait for the first (about 15 s)
+    # One compile per machine: workers starting together wait for the first (20–30 s)
     # instead of all compiling; the result is renamed into place whole.
     with open(target.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
