@@ -122,7 +122,6 @@ typedef struct {
     float p[DBINS];       /* keep probability per bin */
     float s[DBINS];       /* scale of a kept entry per bin (inverse_density only) */
     int64_t row;          /* the row these tables are for (-1: none yet) */
-    int32_t floor_key;    /* the key of bin 0 */
     uint16_t *keys;       /* scratch (della_tabs): the row's keys, then its bins */
     const uint8_t *bins;  /* the row's bins, one byte per element */
 } della_tab_t;
@@ -256,7 +255,6 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
     if (k->della_inverse)  /* only the inverse-density rescale scales kept entries */
         for (int bin = 0; bin < DBINS; bin++) t->s[bin] = 1.0f / t->p[bin];
     t->row = row;
-    t->floor_key = floor_key;
     t->bins = bins;
 }
 
@@ -554,14 +552,14 @@ void sel_pass(const void *const *xs, int M, const void *b, int dt, int64_t start
 #define SELECT_BUCKETS 4096
 float select_kth(const float *vals, int64_t n, int64_t r, float *scratch, int64_t *less, int64_t *equal) {
     const uint32_t *u = (const uint32_t *)vals;
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (int64_t j = 0; j < n; j++) {  /* vectorized */
-        lo = u[j] < lo ? u[j] : lo;
-        hi = u[j] > hi ? u[j] : hi;
-    }
     static __thread uint32_t hist[SELECT_BUCKETS];
     *less = 0;
     for (;;) {
+        uint32_t lo = UINT32_MAX, hi = 0;
+        for (int64_t j = 0; j < n; j++) {  /* vectorized */
+            lo = u[j] < lo ? u[j] : lo;
+            hi = u[j] > hi ? u[j] : hi;
+        }
         int shift = 0;
         while (((hi - lo) >> shift) >= SELECT_BUCKETS) shift++;
         memset(hist, 0, sizeof hist);
@@ -584,11 +582,6 @@ float select_kth(const float *vals, int64_t n, int64_t r, float *scratch, int64_
         }
         u = out;
         n = m;
-        lo = UINT32_MAX, hi = 0;
-        for (int64_t j = 0; j < n; j++) {
-            lo = u[j] < lo ? u[j] : lo;
-            hi = u[j] > hi ? u[j] : hi;
-        }
     }
 }
 
@@ -803,7 +796,7 @@ INLINE int64_t mix_fused(const int M, const int DT, const int RANDOM, const int 
     const int64_t row_len = DELLA ? della_row_len(keeps, M) : 0;
     della_tab_t *tabs = NULL;
     float kept[DELLA ? 4 : 1][CH];
-    if (DELLA && !(tabs = della_tabs(M, row_len))) return -1;
+    if (DELLA && row_len && !(tabs = della_tabs(M, row_len))) return -1;  /* masks alone need no tables */
     for (int64_t i = start, n_; i < stop; i += n_) {
         const int n = chunk_len(i, stop, row_len);
         n_ = n;

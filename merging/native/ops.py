@@ -169,6 +169,8 @@ def sample_magnitudes(x: torch.Tensor, b: torch.Tensor | None, size: int, run: i
     return out
 
 
+# select_kth's reused buffer (no fresh pages per call): its callers, the threshold
+# resolution in task_vectors, run on one thread.
 _SCRATCH = np.empty(0, dtype=np.float32)
 
 
