@@ -12,6 +12,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+def pytest_report_header(config) -> str:
+    """Free space where the tests write, printed first: the suite writes ~2 GB of models, and an
+    out-of-space machine otherwise shows up as dozens of unrelated-looking setup errors."""
+    import shutil
+    import tempfile
+
+    where = tempfile.gettempdir()
+    return f"free disk in {where}: {shutil.disk_usage(where).free / 1e9:.1f} GB (the suite needs about 3 GB)"
+
+
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
     "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 3, "vocab_size": 40,
