@@ -364,16 +364,38 @@ def test_portable_build_is_bit_identical_to_torch(case, portable_library, torch_
     assert torch.equal(got, want), f"{case}: {int((got != want).sum())} values differ"
 
 
-def test_portable_build_della_masks_match_torch(portable_library, torch_path, monkeypatch):
+@pytest.mark.parametrize("fn,kw", [(della, dict(epsilon=[0.1, 0.2])), (dare_ties, {})])
+def test_portable_build_drop_masks_match_torch(fn, kw, portable_library, torch_path, monkeypatch):
     # the L1 path: masks at odd bit offsets (rows of 777), the sums' scalar loops
     monkeypatch.setattr(ops, "library", lambda: portable_library)
     g = torch.Generator().manual_seed(3)
     base = torch.randn(300, 777, generator=g) * 0.02
     models = [(base + 0.002 * torch.randn(300, 777, generator=g)).bfloat16() for _ in range(2)]
-    kw = dict(weight=[0.5, 0.3], density=[0.3, 0.5], epsilon=[0.1, 0.2])
-    got = della(models, base.bfloat16(), **kw, generator=seeded(5))
-    want = torch_path(della, models, base.bfloat16(), **kw, generator=seeded(5))
+    kw = dict(kw, weight=[0.5, 0.3], density=[0.3, 0.5])
+    got = fn(models, base.bfloat16(), **kw, generator=seeded(5))
+    want = torch_path(fn, models, base.bfloat16(), **kw, generator=seeded(5))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("consensus", [False, True])
+def test_dare_l1_masks_equal_drawing_in_the_mix(consensus):
+    # Under an L1 rescale DARE draws once, into masks summed in the same pass (drop_masks);
+    # the sums and kept entries must be exactly those of l1_sums and of drawing in the mix.
+    from merging.keep_rules import RandomDrop
+
+    shape = (300, 777)  # rows at odd bit offsets; three 64K blocks
+    base, models = family(torch.bfloat16, seed=12, n_models=3, shape=shape)
+    weight, density = [0.6, 0.3, 0.5], [0.2, 0.5, 0.9]
+    fn = dare_ties if consensus else dare_linear
+    got = fn(models, base, weight=weight, density=density, normalize=consensus, generator=seeded(4))
+    n = base.numel()
+    keeps = [native.keep_rule(RandomDrop(d, 4, "l1"), n, i, []) for i, d in enumerate(density)]
+    for keep, x, w in zip(keeps, models, weight):
+        before, after = ops.l1_norms(x, base, keep)
+        keep.coef, keep.weight = w * before / after, w
+    want = torch.empty(shape, dtype=got.dtype)
+    ops.mix(models, base, want, keeps, consensus=consensus, normalize=consensus, lambda_=1.0)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("data", ["continuous", "tied", "one_value", "zeros_and_spread"])

@@ -108,8 +108,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.select_kth.restype = f32
     lib.l1_sums.argtypes = [vp, vp, i32, i64, i64, vp, vp, vp]
     lib.l1_sums.restype = None
-    lib.della_masks.argtypes = [vp, i32, vp, i32, i64, i64, i64, vp, vp, vp, vp]
-    lib.della_masks.restype = None
+    lib.drop_masks.argtypes = [vp, i32, vp, i32, i64, i64, i64, vp, vp, vp, vp]
+    lib.drop_masks.restype = None
     lib.mix.argtypes = [vp, i32, vp, i32, vp, i32, i64, i64, vp, i32, i32, f32]
     lib.mix.restype = i64
     return lib

@@ -33,7 +33,7 @@ typedef struct {
     int32_t della_inverse;       /* s = 1/p (rescale_norm inverse_density), else 1          */
     int64_t row_len;             /* DELLA ranks within rows of this many elements            */
     double della_lo, della_span; /* p = lo + span · (mean rank in the row's bin) / (L − 1)   */
-    const uint8_t *mask;         /* if set: keep only where bit i is set (della_masks' output) */
+    const uint8_t *mask;         /* if set: keep only where bit i is set (drop_masks' output)  */
 } keep_t;
 
 /* Element i of a tensor of dtype dt, as float32. Called with a constant dt in the
@@ -233,18 +233,26 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
         top = key > top ? key : top; } });
     const int32_t floor_key = (int32_t)top - (DBINS - 1);
     for (int64_t j = 0; j < L; j++) bins[j] = (uint8_t)della_bin(keys[j], floor_key);  /* vectorized */
-    int32_t hist[4][DBINS];  /* four interleaved histograms: no store-to-load chains on one bin */
+    int32_t hist[8][DBINS];  /* eight interleaved histograms, fed from one 8-byte load: no store-to-load chains on one bin */
     memset(hist, 0, sizeof hist);
     int64_t j = 0;
-    for (; j + 4 <= L; j += 4) {
-        hist[0][bins[j]]++;
-        hist[1][bins[j + 1]]++;
-        hist[2][bins[j + 2]]++;
-        hist[3][bins[j + 3]]++;
+    for (; j + 8 <= L; j += 8) {
+        uint64_t w;
+        memcpy(&w, bins + j, 8);
+        hist[0][w & 255]++;
+        hist[1][(w >> 8) & 255]++;
+        hist[2][(w >> 16) & 255]++;
+        hist[3][(w >> 24) & 255]++;
+        hist[4][(w >> 32) & 255]++;
+        hist[5][(w >> 40) & 255]++;
+        hist[6][(w >> 48) & 255]++;
+        hist[7][w >> 56]++;
     }
     for (; j < L; j++) hist[0][bins[j]]++;
     int32_t count[DBINS], twice_mean_rank[DBINS];
-    for (int bin = 0; bin < DBINS; bin++) count[bin] = hist[0][bin] + hist[1][bin] + hist[2][bin] + hist[3][bin];
+    for (int bin = 0; bin < DBINS; bin++)
+        count[bin] = hist[0][bin] + hist[1][bin] + hist[2][bin] + hist[3][bin] + hist[4][bin] + hist[5][bin] +
+                     hist[6][bin] + hist[7][bin];
     twice_mean_ranks(count, twice_mean_rank);
     const double scale = L > 1 ? 1.0 / (2.0 * (double)(L - 1)) : 0.0, lo = k->della_lo, span = k->della_span;
     for (int bin = 0; bin < DBINS; bin++) {
@@ -258,6 +266,18 @@ static void della_tables(della_tab_t *t, const keep_t *k, const void *x, const v
     t->bins = bins;
 }
 
+#ifdef __AVX512F__
+/* lowbias32 of 16 indices whose products with the golden ratio are g (draw_bits before its
+ * final >> 8). */
+INLINE __m512i lowbias16(__m512i g, __m512i mix) {
+    const __m512i c1 = _mm512_set1_epi32(0x7feb352d), c2 = _mm512_set1_epi32((int)0x846ca68bu);
+    __m512i h = _mm512_xor_si512(g, mix);
+    h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 16)), c1);
+    h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 15)), c2);
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+#endif
+
 /* Bit j of words := u(seed, i0 + j) < p(bin j) for j < n (bins: the piece's bins). Vectorized
  * as bytes: the top 8 of the draw's 24 bits against thr_hi decide all but the equal ones, which
  * are compared whole. */
@@ -267,23 +287,21 @@ static void della_keep_words(uint64_t *restrict words, const della_tab_t *restri
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__)
     const __m512i t0 = _mm512_load_si512(t->thr_hi), t1 = _mm512_load_si512(t->thr_hi + 64);
     const __m512i t2 = _mm512_load_si512(t->thr_hi + 128), t3 = _mm512_load_si512(t->thr_hi + 192);
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    /* Lane k of group q draws for element 16(k / 4) + 4q + k % 4 of the 64: the two packs
+     * below then leave byte e holding element e's draw, with no permute. The index times the
+     * golden ratio advances by adds. */
+    const __m512i lane = _mm512_set_epi32(51, 50, 49, 48, 35, 34, 33, 32, 19, 18, 17, 16, 3, 2, 1, 0);
     const __m512i golden = _mm512_set1_epi32((int)0x9e3779b1u), mix = _mm512_set1_epi32((int)mixed);
-    const __m512i c1 = _mm512_set1_epi32(0x7feb352d), c2 = _mm512_set1_epi32((int)0x846ca68bu);
-    for (; j + 64 <= n; j += 64) {
+    const __m512i step = _mm512_set1_epi32((int)(64u * 0x9e3779b1u)), quad = _mm512_set1_epi32((int)(4u * 0x9e3779b1u));
+    __m512i g0 = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int)i0), lane), golden);
+    for (; j + 64 <= n; j += 64, g0 = _mm512_add_epi32(g0, step)) {
         const __m512i bin = _mm512_loadu_si512(bins + j);
         const __m512i thr = _mm512_mask_blend_epi8(_mm512_movepi8_mask(bin), _mm512_permutex2var_epi8(t0, bin, t1),
                                                    _mm512_permutex2var_epi8(t2, bin, t3));
-        __m512i top = _mm512_setzero_si512();
-        for (int q = 0; q < 4; q++) {
-            __m512i h = _mm512_add_epi32(_mm512_set1_epi32((int)(i0 + (uint32_t)(j + 16 * q))), lane);
-            h = _mm512_xor_si512(_mm512_mullo_epi32(h, golden), mix);
-            h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 16)), c1);
-            h = _mm512_mullo_epi32(_mm512_xor_si512(h, _mm512_srli_epi32(h, 15)), c2);
-            h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-            top = _mm512_inserti32x4(top, _mm512_cvtepi32_epi8(_mm512_srli_epi32(h, 24)), q);
-        }
-        uint64_t keep = _mm512_cmplt_epu8_mask(top, thr), tie = _mm512_cmpeq_epu8_mask(top, thr);
+        __m512i top[4], g = g0;
+        for (int q = 0; q < 4; q++, g = _mm512_add_epi32(g, quad)) top[q] = _mm512_srli_epi32(lowbias16(g, mix), 24);
+        const __m512i tops = _mm512_packus_epi16(_mm512_packus_epi32(top[0], top[1]), _mm512_packus_epi32(top[2], top[3]));
+        uint64_t keep = _mm512_cmplt_epu8_mask(tops, thr), tie = _mm512_cmpeq_epu8_mask(tops, thr);
         for (; tie; tie &= tie - 1) {
             const int e = __builtin_ctzll(tie);
             keep |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)(j + e)) < t->thr[bins[j + e]]) << e;
@@ -294,6 +312,36 @@ static void della_keep_words(uint64_t *restrict words, const della_tab_t *restri
     for (; j < n; j++) {
         if ((j & 63) == 0) words[j >> 6] = 0;
         words[j >> 6] |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)j) < t->thr[bins[j]]) << (j & 63);
+    }
+}
+
+/* ⌈density · 2^24⌉ clamped to [0, 2^24]: u = H·2^-24 < density ⇔ H < it, exactly (the scale
+ * is a power of two). */
+static uint32_t draw_threshold(float density) {
+    double h = (double)density * 0x1p24;
+    h = h > 0.0 ? (h < 0x1p24 ? h : 0x1p24) : 0.0;
+    return (uint32_t)ceil(h);
+}
+
+/* Bit j of words := u(seed, i0 + j) < density for j < n, i.e. DARE's keep of entry i0 + j
+ * as kept_delta draws it (thr: draw_threshold(density)). */
+static void random_keep_words(uint64_t *restrict words, uint32_t mixed, uint32_t i0, int n, uint32_t thr) {
+    int j = 0;
+#ifdef __AVX512F__
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i golden = _mm512_set1_epi32((int)0x9e3779b1u), mix = _mm512_set1_epi32((int)mixed);
+    const __m512i step = _mm512_set1_epi32((int)(16u * 0x9e3779b1u)), limit = _mm512_set1_epi32((int)thr);
+    __m512i g = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int)i0), lane), golden);
+    for (; j + 64 <= n; j += 64) {
+        uint64_t keep = 0;
+        for (int q = 0; q < 4; q++, g = _mm512_add_epi32(g, step))
+            keep |= (uint64_t)_mm512_cmplt_epu32_mask(_mm512_srli_epi32(lowbias16(g, mix), 8), limit) << (16 * q);
+        words[j >> 6] = keep;
+    }
+#endif
+    for (; j < n; j++) {
+        if ((j & 63) == 0) words[j >> 6] = 0;
+        words[j >> 6] |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)j) < thr) << (j & 63);
     }
 }
 
@@ -337,6 +385,20 @@ static void della_kept(float *restrict d, const void *x, const float *restrict f
 /* d[j] = (x - b)[i + j] where bit i + j of mask is set, else 0, for j < n. */
 static void masked_delta(float *restrict d, const void *x, const float *restrict fb, int dt, int64_t i, int n,
                          const uint8_t *restrict mask) {
+#ifdef __AVX512F__
+    if ((i & 7) == 0) {  /* 16 bits of the mask are a register mask */
+        int j = 0;
+        DISPATCH(dt, {
+            for (; j + 16 <= n; j += 16) {
+                uint16_t keep;
+                memcpy(&keep, mask + ((i + j) >> 3), 2);
+                _mm512_storeu_ps(d + j, _mm512_maskz_sub_ps(keep, ld16(x, DT, i + j), _mm512_loadu_ps(fb + j)));
+            }
+            for (; j < n; j++) { const float v = ld(x, DT, i + j) - fb[j]; d[j] = bit(mask, i + j) ? v : 0.0f; }
+        });
+        return;
+    }
+#endif
     uint8_t flag[CH + 8];
     const int64_t first = i & ~(int64_t)7, skip = i - first;  /* expand whole bytes, from i's */
     for (int64_t k = 0; k < (skip + n + 7) / 8; k++) {
@@ -623,7 +685,7 @@ static float abs_sum(const float *restrict v, int n) {
 }
 
 /* Per block of [start, stop): total[b] = Σ|d|, kept[b] = Σ|keep(d)| for d = x - b (not DELLA
- * rules: della_masks sums theirs). */
+ * or DARE rules under an L1 rescale: drop_masks sums theirs). */
 void l1_sums(const void *x, const void *b, int dt, int64_t start, int64_t stop, const keep_t *rule,
              double *total, double *kept) {
     float fb[CH], d[CH];
@@ -693,17 +755,20 @@ static void l1_pair(double *total, double *kept, const void *x, const float *res
     *kept += sk;
 }
 
-/* DELLA's draws for M models over [start, stop) (block-aligned), for a rescale that needs the
- * norms before mixing: bit i of masks[m] := entry i is kept, and per 64K block (global index,
- * nblocks in all) total[m·nblocks + blk] = Σ|d|, kept[...] = Σ|kept d| of d = x_m - b. The mix
- * then reads the bits (keep_t.mask) instead of ranking every row a second time. */
-void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
-                 const keep_t *keeps, uint8_t *const *masks, double *total, double *kept) {
+/* The random drops of M models (DELLA or DARE rules) over [start, stop) (block-aligned), for
+ * an L1 rescale, which needs the norms before mixing: bit i of masks[m] := entry i is kept,
+ * and per 64K block (global index, nblocks in all) total[m·nblocks + blk] = Σ|d|,
+ * kept[...] = Σ|kept d| of d = x_m - b. The mix then reads the bits (keep_t.mask) instead of
+ * drawing (and, for DELLA, ranking every row) a second time; the sums are l1_sums'. */
+void drop_masks(const void *const *xs, int M, const void *b, int dt, int64_t start, int64_t stop, int64_t nblocks,
+                const keep_t *keeps, uint8_t *const *masks, double *total, double *kept) {
     const int64_t row_len = della_row_len(keeps, M);
     float fb[CH];
     uint64_t words[CH / 64 + 1];
-    della_tab_t *tabs = della_tabs(M, row_len);
-    if (!tabs) return;
+    uint32_t thr[M];
+    for (int m = 0; m < M; m++) thr[m] = draw_threshold(keeps[m].density);
+    della_tab_t *tabs = row_len ? della_tabs(M, row_len) : NULL;
+    if (row_len && !tabs) return;
     for (int64_t blk0 = start; blk0 < stop; blk0 += BLOCK) {  /* models innermost: the base is read once */
         int64_t blk = blk0 / BLOCK, blk_end = blk0 + BLOCK < stop ? blk0 + BLOCK : stop;
         for (int m = 0; m < M; m++) total[m * nblocks + blk] = kept[m * nblocks + blk] = 0.0;
@@ -711,9 +776,14 @@ void della_masks(const void *const *xs, int M, const void *b, int dt, int64_t st
             n = chunk_len(i, blk_end, row_len);
             load_base(fb, b, dt, i, (int)n);
             for (int m = 0; m < M; m++) {
-                della_tab_t *tab = &tabs[m];
-                if (tab->row != i / row_len) della_tables(tab, &keeps[m], xs[m], b, dt, i / row_len);
-                della_keep_words(words, tab, bins_at(tab, &keeps[m], i), draw_mix(&keeps[m], i), (uint32_t)i, (int)n);
+                const keep_t *k = &keeps[m];
+                if (k->della) {
+                    della_tab_t *tab = &tabs[m];
+                    if (tab->row != i / row_len) della_tables(tab, k, xs[m], b, dt, i / row_len);
+                    della_keep_words(words, tab, bins_at(tab, k, i), draw_mix(k, i), (uint32_t)i, (int)n);
+                } else {
+                    random_keep_words(words, draw_mix(k, i), (uint32_t)i, (int)n, thr[m]);
+                }
                 put_words(masks[m], i, words, (int)n);
                 l1_pair(&total[m * nblocks + blk], &kept[m * nblocks + blk], xs[m], fb, dt, i, (int)n, words);
             }

@@ -36,7 +36,7 @@ class KeepRule(ctypes.Structure):
     low_tail from there on (likewise high), which is how ties at a threshold are split in
     index order. A `della` rule keeps entry i iff u(seed, i) < p(bin) and scales it by
     s(bin), from tables the kernel builds per row of `row_len` (keep_rules.DellaDrop). A
-    `mask` (a bit per entry, from `della_masks`) keeps only the entries whose bit is set.
+    `mask` (a bit per entry, from `drop_masks`) keeps only the entries whose bit is set.
     """
 
     _fields_ = [("low_cut", ctypes.c_int64), ("high_cut", ctypes.c_int64),
@@ -208,11 +208,11 @@ def l1_norms(x: torch.Tensor, b: torch.Tensor | None, rule: KeepRule) -> tuple[f
     return float(total.sum()), float(kept.sum())
 
 
-def della_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequence[KeepRule]
+def drop_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequence[KeepRule]
                 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """DELLA's kept entries of each model as bits (one row of the array per model, bit i of
-    a row little-endian in byte i // 8), and each model's (‖d‖₁, ‖kept d‖₁), summed per block
-    in float64 and then in block order."""
+    """The kept entries of each model's random drop (DELLA or DARE rules) as bits (one row of
+    the array per model, bit i of a row little-endian in byte i // 8), and each model's
+    (‖d‖₁, ‖kept d‖₁), summed per block in float64 and then in block order, as `l1_norms`."""
     lib = library()
     flats, bf = [_flat(x) for x in xs], _flat(b)
     n = flats[0].numel()
@@ -224,7 +224,7 @@ def della_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Seque
     mask_pointers = (ctypes.c_void_p * len(flats))(*[masks[m].ctypes.data for m in range(len(flats))])
     keep = (KeepRule * len(rules))(*rules)
     dt = DTYPE_CODES[flats[0].dtype]
-    _run(lambda _, s, e: lib.della_masks(pointers, len(flats), _ptr(bf), dt, s, e, blocks, keep, mask_pointers,
+    _run(lambda _, s, e: lib.drop_masks(pointers, len(flats), _ptr(bf), dt, s, e, blocks, keep, mask_pointers,
                                          total.ctypes.data, kept.ctypes.data), thread_ranges(n))
     return masks, [(float(t.sum()), float(k.sum())) for t, k in zip(total, kept)]
 

@@ -262,16 +262,16 @@ def merge(
     found = kth_magnitudes([tensors[i] for i in ranked], base, [needed[i] for i in ranked]) if ranked else []
     thresholds = dict(zip(ranked, found))
     keeps = [keep_rule(rule, n, i, thresholds.get(i, []), row_len) for i, rule in enumerate(rules)]
-    # DELLA with an L1 rescale needs its norms before the mix: one pass draws every model's
-    # keep mask and sums the norms, and the mix then reads the masks rather than ranking
-    # every row a second time.
+    # Random drops (DELLA, DARE) with an L1 rescale need their norms before the mix: one pass
+    # over all models (the base read once) draws every model's keep mask and sums the norms,
+    # and the mix then reads the masks rather than drawing (and ranking DELLA's rows) again.
     drawn = [i for i, (rule, keep) in enumerate(zip(rules, keeps))
-             if keep.della and keep.coef != 0.0 and rule.rescale_norm == "l1"]
+             if (keep.della or keep.random) and keep.coef != 0.0 and rule.rescale_norm == "l1"]
     factors: dict[int, float] = {}
     if drawn:
-        masks, norms = ops.della_masks([tensors[i] for i in drawn], base, [keeps[i] for i in drawn])
+        masks, norms = ops.drop_masks([tensors[i] for i in drawn], base, [keeps[i] for i in drawn])
         for i, mask, (before, after) in zip(drawn, masks, norms):
-            keeps[i].della, keeps[i].mask = 0, mask.ctypes.data
+            keeps[i].della, keeps[i].random, keeps[i].mask = 0, 0, mask.ctypes.data
             factors[i] = _l1_factor(before, after)
     for i, (x, w, rule, keep) in enumerate(zip(tensors, weight, rules, keeps, strict=True)):
         scale = factors[i] if i in factors else rescale_factor(x, base, rule, keep) if keep.coef != 0.0 else 1.0
