@@ -25,6 +25,16 @@ class LocalServerError(RuntimeError):
     """The server exited or did not become ready; the message ends with its log tail."""
 
 
+def _server_dtype() -> str:
+    """bfloat16, except where vLLM's CPU bf16 answers wrongly (serving.base.resolve_dtype)."""
+    import torch
+
+    from serving.base import resolve_dtype
+
+    dtype = resolve_dtype("auto", on_cpu=not torch.cuda.is_available(), vllm=True)
+    return "bfloat16" if dtype == "auto" else dtype
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,7 +52,7 @@ def openai_api_server(model: str | Path, log_path: Path, *, served_model_name: s
         proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
              "--served-model-name", served_model_name, "--host", "127.0.0.1", "--port", str(port),
-             "--enforce-eager", "--max-model-len", str(max_model_len), "--dtype", "bfloat16"],
+             "--enforce-eager", "--max-model-len", str(max_model_len), "--dtype", _server_dtype()],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout_s

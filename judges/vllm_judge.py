@@ -39,7 +39,7 @@ class VLLMJudge:
         self.rubric = rubric
         orders = "both" if config.both_orders else f"random(seed={config.seed})"
         self.identity = f"vllm:{config.model}:orders={orders}" + (":guided" if config.guided_json else "")
-        kwargs: dict = dict(model=config.model, dtype=resolve_dtype(config.dtype, on_cpu()), seed=0, max_model_len=config.max_model_len,
+        kwargs: dict = dict(model=config.model, dtype=resolve_dtype(config.dtype, on_cpu(), vllm=True), seed=0, max_model_len=config.max_model_len,
                             tensor_parallel_size=config.tensor_parallel_size, enforce_eager=True,
                             trust_remote_code=config.trust_remote_code)
         if config.distributed_executor_backend:

@@ -60,7 +60,7 @@ class VLLMBackend(ServingBackend):
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
-            model=str(model_set.base_dir), dtype=resolve_dtype(self.engine.dtype, on_cpu()), seed=0,
+            model=str(model_set.base_dir), dtype=resolve_dtype(self.engine.dtype, on_cpu(), vllm=True), seed=0,
             max_model_len=self.engine.max_model_len, enforce_eager=self.engine.enforce_eager,
             worker_extension_cls=WORKER_EXTENSION, trust_remote_code=model_set.trust_remote_code)
         if not on_cpu():
