@@ -188,7 +188,15 @@ static void twice_mean_ranks(const int32_t *restrict count, int32_t *restrict ou
 #endif
 }
 
-/* thr = ⌈p·2^24⌉ clamped to [0, 2^24], and its top byte (p·2^24 is exact: a power-of-two scale). */
+/* ⌈density · 2^24⌉ clamped to [0, 2^24]: u = H·2^-24 < density ⇔ H < it, exactly (the scale
+ * is a power of two). */
+static uint32_t draw_threshold(float density) {
+    double h = (double)density * 0x1p24;
+    h = h > 0.0 ? (h < 0x1p24 ? h : 0x1p24) : 0.0;
+    return (uint32_t)ceil(h);
+}
+
+/* thr = draw_threshold(p) per bin, and its top byte. */
 static void della_thresholds(della_tab_t *t) {
     int bin = 0;
 #ifdef __AVX512F__
@@ -203,10 +211,8 @@ static void della_thresholds(della_tab_t *t) {
     }
 #endif
     for (; bin < DBINS; bin++) {
-        float h = t->p[bin] * 0x1p24f;
-        h = h > 0.0f ? (h < 0x1p24f ? h : 0x1p24f) : 0.0f;
-        const int32_t c = (int32_t)h + ((float)(int32_t)h < h);
-        t->thr[bin] = (uint32_t)c;
+        const uint32_t c = draw_threshold(t->p[bin]);
+        t->thr[bin] = c;
         t->thr_hi[bin] = (uint8_t)(c >> 16 > 255 ? 255 : c >> 16);
     }
 }
@@ -313,14 +319,6 @@ static void della_keep_words(uint64_t *restrict words, const della_tab_t *restri
         if ((j & 63) == 0) words[j >> 6] = 0;
         words[j >> 6] |= (uint64_t)(draw_bits(mixed, i0 + (uint32_t)j) < t->thr[bins[j]]) << (j & 63);
     }
-}
-
-/* ⌈density · 2^24⌉ clamped to [0, 2^24]: u = H·2^-24 < density ⇔ H < it, exactly (the scale
- * is a power of two). */
-static uint32_t draw_threshold(float density) {
-    double h = (double)density * 0x1p24;
-    h = h > 0.0 ? (h < 0x1p24 ? h : 0x1p24) : 0.0;
-    return (uint32_t)ceil(h);
 }
 
 /* Bit j of words := u(seed, i0 + j) < density for j < n, i.e. DARE's keep of entry i0 + j

@@ -209,7 +209,7 @@ def l1_norms(x: torch.Tensor, b: torch.Tensor | None, rule: KeepRule) -> tuple[f
 
 
 def drop_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequence[KeepRule]
-                ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+               ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The kept entries of each model's random drop (DELLA or DARE rules) as bits (one row of
     the array per model, bit i of a row little-endian in byte i // 8), and each model's
     (‖d‖₁, ‖kept d‖₁), summed per block in float64 and then in block order, as `l1_norms`."""
@@ -225,7 +225,7 @@ def drop_masks(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequen
     keep = (KeepRule * len(rules))(*rules)
     dt = DTYPE_CODES[flats[0].dtype]
     _run(lambda _, s, e: lib.drop_masks(pointers, len(flats), _ptr(bf), dt, s, e, blocks, keep, mask_pointers,
-                                         total.ctypes.data, kept.ctypes.data), thread_ranges(n))
+                                        total.ctypes.data, kept.ctypes.data), thread_ranges(n))
     return masks, [(float(t.sum()), float(k.sum())) for t, k in zip(total, kept)]
 
 
