@@ -149,13 +149,16 @@ def write_soups_report(config: SearchConfig, exp_dir: Path, models: Mapping[str,
         "alignment vectors on all parameters, slerp_lerp_norms = with normalization layers LERP'd)."
         + (f" {len(failed)} merges failed: see trials.csv." if len(failed) else ""), "",
         "## Table 1: WTR mean-diff (merge − mean of its two sources)", "",
-        "Averaged over the row's λ values; the interval is for the λ = 0.5 merge.", "",
+        "Averaged over the row's λ values, on the eval items all of the row's merges and both sources "
+        "were scored on; the interval is the bootstrap of that same λ-averaged value, resampling those items "
+        "jointly for every merge and both sources.", "",
         table1_md, "",
         "## WTR of every model", "", wtr_md, "",
         "## Figures", "",
         "- λ sweeps per dimension (Figure 2 layout): `lambda_sweep.png`, `lambda_sweep.html`",
         *[f"- {text}: `{path.name}`" for text, path in geometry.items()], "",
-        "Files: `wtr.csv`, `table1_meandiff.csv` (with `_low`/`_high` interval columns), `lambda_sweep.csv`; "
+        "Files: `wtr.csv`, `table1_meandiff.csv` (with `_low`/`_high` interval columns and `_items`, the "
+        "number of items each value rests on), `lambda_sweep.csv`; "
         "per-merge rows in `../trials.parquet`, per-item outcomes in `../items/`.",
     ]
     return _write_report(out, lines)

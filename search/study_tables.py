@@ -2,9 +2,10 @@
 
 Every number here is recomputed from what the search already wrote: trials.parquet rows,
 references.csv, and items/*.parquet (one 0/1 win-or-tie per item and dimension). So a
-table can be rebuilt from an experiment folder at any time, and its intervals come from
-the same items as its point estimates: percentile bootstrap over eval items, the only
-source of variance left when generation is greedy and merges are deterministic.
+table can be rebuilt from an experiment folder at any time, and every interval is the
+percentile bootstrap over eval items of the very value printed beside it (same models, same
+items, same statistic): the items are the only source of variance left when generation is
+greedy and merges are deterministic.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from judges import bootstrap_mean
+from judges import ConfidenceInterval, bootstrap_mean
 from search.config import DIMENSIONS
 
 Items = Mapping[str, Mapping[str, float]]  # dimension -> item_id -> 0/1
@@ -56,12 +57,25 @@ def wtr_interval(items: Items, dim: str, n: int, seed: int = 0) -> tuple[float, 
     return ci.low, ci.high
 
 
+def lambda_mean_diff(merges: Sequence[Items], m1: Items, m2: Items, dim: str, n: int,
+                     seed: int = 0) -> ConfidenceInterval:
+    """Mean over `merges` of [WTR(merge) − ½(WTR(m1) + WTR(m2))], with its percentile bootstrap interval.
+
+    On the items every merge and both sources were scored on, the λ-average of the mean-diffs
+    is itself a mean over items of d_i = mean_λ(merge_λ,i) − ½(m1_i + m2_i); so resampling
+    those items jointly for all merges and both sources is `bootstrap_mean` over d_i, and the
+    estimate it returns is the value its interval belongs to. No item in common (or no
+    merge): NaN estimate and interval, `n_items` 0."""
+    scored = [m.get(dim, {}) for m in merges]
+    b, c = m1.get(dim, {}), m2.get(dim, {})
+    common = sorted(set(b).intersection(c, *scored)) if scored else []
+    d = np.array([sum(m[i] for m in scored) / len(scored) - 0.5 * (b[i] + c[i]) for i in common])
+    return bootstrap_mean(d, n_resamples=n, seed=seed)
+
+
 def mean_diff_interval(merge: Items, m1: Items, m2: Items, dim: str, n: int, seed: int = 0) -> tuple[float, float]:
     """CI of WTR(merge) − ½(WTR(m1) + WTR(m2)), resampling the items all three were scored on."""
-    a, b, c = merge.get(dim, {}), m1.get(dim, {}), m2.get(dim, {})
-    common = sorted(a.keys() & b.keys() & c.keys())
-    d = np.array([a[i] - 0.5 * (b[i] + c[i]) for i in common])
-    ci = bootstrap_mean(d, n_resamples=n, seed=seed)
+    ci = lambda_mean_diff([merge], m1, m2, dim, n, seed)
     return ci.low, ci.high
 
 
@@ -103,9 +117,14 @@ def meandiff_table(soups: pd.DataFrame, references: Mapping[str, Mapping[str, fl
     """The heterogeneous-soups paper's Table 1: rows method × kind × pair, columns the seven
     dimensions and their average, each WTR_mean-diff = WTR(merge) − ½(WTR(m1) + WTR(m2)),
     averaged over the λ values the row was run at (λ = 0 and 1 are the sources
-    themselves and are left out). `items` maps "trial_NNNN"/"ref_MODEL" to indicators; each
-    value gets a bootstrap interval (`<dim>_low`, `<dim>_high`) for the row's λ = 0.5 merge
-    or its first λ."""
+    themselves and are left out).
+
+    `items` maps "trial_NNNN"/"ref_MODEL" to indicators. A dimension's value and its
+    interval (`<dim>_low`, `<dim>_high`) are one statistic: the λ-averaged mean-diff on the
+    items that all of the row's merges and both sources were scored on, and its 95 %
+    percentile bootstrap resampling those items jointly (`lambda_mean_diff`; `<dim>_items`
+    says how many items). Where there are none (no items files, or no item in common), the
+    value is computed from the WTRs in trials.parquet and references.csv, with no interval."""
     if soups.empty:
         return pd.DataFrame()
     ok = soups[(soups.status == "ok") & (soups["lambda"] > 0) & (soups["lambda"] < 1)]
@@ -113,13 +132,13 @@ def meandiff_table(soups: pd.DataFrame, references: Mapping[str, Mapping[str, fl
     for (method, kind, pair), group in ok.groupby(["soup_method", "kind", "pair"], sort=False):
         m1, m2 = pair.split("+")
         row: dict[str, object] = {"method": method, "kind": kind, "pair": pair, "lambdas": len(group)}
-        ci_row = group.iloc[(group["lambda"] - 0.5).abs().argmin()]
-        merge_items = items.get(f"trial_{int(ci_row.trial_number):04d}", {})
+        merges = [items.get(f"trial_{int(t):04d}", {}) for t in group.trial_number]
         for d in DIMENSIONS:
-            base = 0.5 * (references[m1][f"wtr.{d}"] + references[m2][f"wtr.{d}"])
-            row[d] = float((group[f"wtr.{d}"] - base).mean())
-            row[f"{d}_low"], row[f"{d}_high"] = mean_diff_interval(
-                merge_items, items.get(f"ref_{m1}", {}), items.get(f"ref_{m2}", {}), d, n_boot)
+            ci = lambda_mean_diff(merges, items.get(f"ref_{m1}", {}), items.get(f"ref_{m2}", {}), d, n_boot)
+            if not ci.n_items:  # no items to rest an interval on: the rows' WTRs, no interval
+                base = 0.5 * (references[m1][f"wtr.{d}"] + references[m2][f"wtr.{d}"])
+                ci = replace(ci, estimate=float((group[f"wtr.{d}"] - base).mean()))
+            row[d], row[f"{d}_low"], row[f"{d}_high"], row[f"{d}_items"] = ci.estimate, ci.low, ci.high, ci.n_items
         row["average"] = _avg([row[d] for d in DIMENSIONS])
         out.append(row)
     order = {"heterogeneous": 0, "homogeneous": 1}
