@@ -10,7 +10,9 @@
     python run_search.py prepare-example      build the example model family (base + DPO/KTO/ORPO variants)
     python run_search.py demo                 every merge method once on the example family
     python run_search.py methods              list the merge methods and their parameters
-    python run_search.py check [--config C]   preflight only (models, eval set, judge, worker placement)
+    python run_search.py check [--config C] [--references]
+                                              preflight (models, eval set, judge, worker placement) and
+                                              whether each objective separates the reference models
     python run_search.py study soups|methods [--config C]
                                               the heterogeneous-soups tables / the merge-method league
 """
@@ -136,16 +138,36 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Preflight only: models, eval set, judge and worker placement, without the search."""
+    """Preflight (models, eval set, judge, worker placement), then whether each objective can
+    guide the search: from the experiment's judged references, or judged now (--references)."""
+    import tempfile
+
     import ray
 
     from search.config import SearchConfigError, load_search_config
-    from search.driver import resolve_models, run_preflight
+    from search.driver import open_experiment, reference_items, resolve_models, run_preflight
+    from search.health import objective_health
+    from search.pool import close_pool
     from search.preflight import PreflightError
+    from search.results import read_references
 
     try:
         config = load_search_config(args.config)
-        run_preflight(config, resolve_models(config)[0])
+        models = resolve_models(config)
+        run_preflight(config, models[0])
+        objectives = list(config.search.objectives)
+        if args.references:
+            with tempfile.TemporaryDirectory(prefix="soupsearch-check-") as scratch:
+                exp = open_experiment(config, Path(scratch) / config.experiment.name, models=models)
+                close_pool(exp.ctx)  # open_experiment printed each objective's health
+        else:
+            exp_dir = config.experiment_dir()
+            references = read_references(exp_dir)
+            if not references:
+                print("objective health: no reference models judged yet for this experiment; the search judges them "
+                      "first (or run `check --references` to judge them now, ~1 minute per model on a CPU)")
+            for h in objective_health(reference_items(exp_dir, references), objectives) if references else []:
+                print(("" if h.ok else "warning: ") + h.message() + f"  (references judged in {exp_dir})")
     except (SearchConfigError, ConnectionError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -159,11 +181,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         result = export(Path(args.exp_dir), weights=args.weights, require=args.require,
-                        materialize=Path(args.materialize) if args.materialize else None, force=args.force)
+                        materialize=Path(args.materialize) if args.materialize else None, force=args.force,
+                        on=args.on)
     except (ExportError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"picked trial {result.trial_number}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()))
+    print(f"picked trial {result.trial_number} on its {result.picked_on} scores: "
+          + ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()))
+    if args.on == "holdout" and result.picked_on != "held-out":
+        print("note: the front has no held-out scores (eval.holdout: 0, or validation did not finish): "
+              "picked on the search items' scores, which overstate the front")
+    for line in result.leads:
+        print(f"  {line}")
     print(f"config:   {result.plan_path}")
     print(f"mergekit: {result.mergekit_path or '(method not in mergekit)'}")
     if result.model_dir:
@@ -223,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--pick", choices=["knee"], default="knee", help="the front's knee point (default)")
     how.add_argument("--weights", help="best weighted sum instead, e.g. safety=2,factuality=1")
     exp.add_argument("--require", action="append", default=[], help='e.g. "safety>=0.9" or "safety>=best_source"')
+    exp.add_argument("--on", choices=["holdout", "search"], default="holdout",
+                     help="pick on the held-out items' scores (default, when the front was validated) or on the "
+                          "search items' scores")
     exp.add_argument("--materialize", metavar="OUT_DIR", help="also write the merged model folder")
     exp.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     exp.set_defaults(func=cmd_export)
@@ -247,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="preflight only: models, eval set, judge, worker placement")
     check.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="experiment config (YAML)")
+    check.add_argument("--references", action="store_true",
+                       help="also answer and judge the base and sources now and say whether each objective separates "
+                            "them (whether it can guide the search)")
     check.set_defaults(func=cmd_check)
 
     sub.add_parser("methods", help="list merge methods").set_defaults(func=cmd_methods)

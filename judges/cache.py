@@ -4,7 +4,8 @@ Merges that differ slightly often produce identical answers to many prompts (ref
 short facts), and resumed searches re-ask old questions: a judge call is the expensive
 part, so verdicts are stored by a hash of everything that determines them — rubric
 version, judge identity (backend + model + order setting), prompt, gold, answer,
-category and the order(s) the judge sees. Only OK verdicts are stored; failures are
+category, the order(s) the judge sees and, when the item has them, its facts and
+reference answer. Only OK verdicts are stored; failures are
 retried next time. One SQLite connection per thread (sqlite3 connections must not be
 shared across threads), WAL mode and a busy timeout make it safe for a judge's thread
 pool and for several processes on one file.
@@ -25,9 +26,14 @@ from judges.verdicts import JudgeItem, Order, Outcome, Verdict, VerdictStatus
 
 
 def cache_key(rubric_version: str, judge_identity: str, item: JudgeItem, order: Order) -> str:
-    payload = json.dumps([rubric_version, judge_identity, item.prompt, item.gold, item.answer, item.category,
-                          order.value], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    fields: list[object] = [rubric_version, judge_identity, item.prompt, item.gold, item.answer, item.category,
+                            order.value]
+    # A judge may check the item's facts / reference answer, so they determine the verdict; added
+    # only when given, so the keys of items without them (every cache written before) still hit.
+    extra = {k: v for k, v in (("reference_answer", item.reference_answer), ("facts", list(item.facts))) if v}
+    if extra:
+        fields.append(extra)
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
 
 class VerdictCache:

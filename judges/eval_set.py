@@ -1,9 +1,23 @@
 """Evaluation sets: the prompts every merged model answers and the gold answers the judge compares with.
 
-An eval set is a list of rows ``id, prompt, gold, category[, topic]``. ``category`` is ``safe``
-(the model should answer helpfully; refusing is a *false rejection*) or ``unsafe`` (the model
-should refuse with a safe redirect; complying is a *false acceptance*). ``topic`` is a free slug
-used only to break results down.
+An eval set is a list of rows ``[id,] prompt, gold, category[, topic][, answer][, facts]``.
+``category`` is ``safe`` (the model should answer helpfully; refusing is a *false rejection*) or
+``unsafe`` (the model should refuse with a safe redirect; complying is a *false acceptance*).
+``topic`` is a free slug used to break results down and to stratify hold-out splits.
+
+``id`` is optional: a row without one gets a stable *content id*, ``c-`` and 12 hex digits of a
+hash of its prompt, gold and category (after stripping), so a plain prompt/gold/category file
+loads and the same row gets the same id in every run; how many rows got one is said once, in
+a ``UserWarning``. Two rows with the same content (no ids) are reported as duplicate content.
+
+Two optional columns feed the metrics that do not need a judge (``judges.answer_metrics``):
+
+- ``answer``: a short reference answer for match metrics (``"Paris"``), compared with the
+  normalised model answer by ``exact_match`` and ``contains_answer``.
+- ``facts``: the key facts a correct answer must state, a list of strings, one fact each; a
+  fact's alternatives are separated by ``|`` (``["Rayleigh|scatter", "blue"]``: the answer
+  must say "Rayleigh" or "scatter", and "blue"). In CSV (text cells) it is a JSON list or a
+  ``;``-separated string (``Rayleigh|scatter; blue``). An empty fact or alternative is an error.
 
 Users bring their own sets as JSONL, CSV or Parquet; two sets are bundled
 (``soupsearch-eval-v1``, 89 items, and ``smoke``, 8 of them for fast tests). Loading validates
@@ -15,12 +29,18 @@ Extra columns are **kept**, as a read-only ``EvalItem.metadata`` mapping, and na
 ``UserWarning`` so that a misspelt optional column (``topics``) does not pass silently.
 
 The loaded :class:`EvalSet` is immutable and carries a ``content_hash`` (of ids, prompts, golds,
-categories and topics, in order; not of the name or metadata) so that caches of generations and
-verdicts can be keyed by what was actually asked.
+categories and topics, in order, plus ``answer``/``facts`` of the items that have them, so a set
+without them keeps the hash it always had; not of the name or metadata) so that caches of
+generations and verdicts can be keyed by what was actually asked.
+
+:meth:`EvalSet.holdout_split` sets items aside that the search never sees (``eval.holdout``),
+stratified by category and topic, so the chosen merge can be scored on prompts it was not
+selected on.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -43,14 +63,24 @@ __all__ = [
     "EvalSet",
     "EvalSetError",
     "MAX_REPORTED_ERRORS",
+    "MIN_PER_CATEGORY",
     "load_eval_set",
 ]
 
 Category = Literal["safe", "unsafe"]
 CATEGORIES: tuple[Category, ...] = ("safe", "unsafe")
-REQUIRED_FIELDS: tuple[str, ...] = ("id", "prompt", "gold", "category")
-OPTIONAL_FIELDS: Mapping[str, str] = MappingProxyType({"topic": "general"})
+REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "gold", "category")
+#: Optional columns and what a missing value means (``id``: a content id; ``facts``: none).
+OPTIONAL_FIELDS: Mapping[str, Any] = MappingProxyType({"id": None, "topic": "general", "answer": None,
+                                                       "facts": ()})
 KNOWN_FIELDS: frozenset[str] = frozenset(REQUIRED_FIELDS) | frozenset(OPTIONAL_FIELDS)
+#: Prefix of the ids given to rows without one (``c-`` + 12 hex digits of their content hash).
+CONTENT_ID_PREFIX = "c-"
+
+#: The fewest items of a category (of those in the set) that each side of a hold-out split must
+#: keep: a WTR over one item is 0 or 1, so fewer would make a front or a hold-out score noise.
+#: 2, not 3: the default search (32 items of the bundled set, 8 unsafe) holds out 2 unsafe items.
+MIN_PER_CATEGORY = 2
 
 #: Errors listed in an :class:`EvalSetError` message; the rest are counted ("… and N more").
 MAX_REPORTED_ERRORS = 20
@@ -82,7 +112,11 @@ class EvalSetError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EvalItem:
-    """One prompt with its human gold answer. Hashable; ``metadata`` is excluded from equality."""
+    """One prompt with its human gold answer. Hashable; ``metadata`` is excluded from equality.
+
+    ``answer`` (a short reference answer for match metrics) and ``facts`` (key facts, each
+    ``alt1|alt2``) are optional; they come after ``metadata`` so positional construction of
+    the older fields is unchanged."""
 
     id: str
     prompt: str
@@ -90,6 +124,8 @@ class EvalItem:
     category: Category
     topic: str = "general"
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False, hash=False)
+    answer: str | None = None
+    facts: tuple[str, ...] = ()
 
     @property
     def is_unsafe(self) -> bool:
@@ -97,12 +133,26 @@ class EvalItem:
         return self.category == "unsafe"
 
     def to_record(self, *, metadata: bool = False) -> dict[str, Any]:
-        """A plain dict in the file schema (what pandas or json would write back)."""
+        """A plain dict in the file schema (what pandas or json would write back); ``answer`` and
+        ``facts`` (a list) only when the item has them, so old sets round-trip unchanged."""
         rec: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "gold": self.gold,
                                "category": self.category, "topic": self.topic}
+        if self.answer is not None:
+            rec["answer"] = self.answer
+        if self.facts:
+            rec["facts"] = list(self.facts)
         if metadata:
             rec.update(self.metadata)
         return rec
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> EvalItem:
+        """The item back from :meth:`to_record`'s dict (e.g. after it crossed to a Ray process);
+        keys outside the schema become ``metadata`` again. Trusted input: not validated again."""
+        extra = {k: v for k, v in record.items() if k not in KNOWN_FIELDS}
+        return cls(str(record["id"]), record["prompt"], record["gold"], record["category"],
+                   record.get("topic", OPTIONAL_FIELDS["topic"]), MappingProxyType(extra),
+                   answer=record.get("answer"), facts=tuple(record.get("facts") or ()))
 
 
 @dataclass(frozen=True)
@@ -193,17 +243,86 @@ class EvalSet(Sequence[EvalItem]):
             chosen = [i for cat in sorted(groups) for i in rng.sample(groups[cat], quota[cat])]
         return EvalSet(f"{self.name}[n={n},seed={seed}]", tuple(self.items[i] for i in sorted(chosen)), self.source)
 
+    def holdout_split(self, fraction: float, seed: int = 0) -> tuple[EvalSet, EvalSet]:
+        """(search items, held-out items): ``round(fraction * len)`` items set aside, seeded.
+
+        A front chosen on the same prompts it is reported on flatters itself; the held-out items
+        are never answered during the search, so the chosen merge can be scored on them after.
+        Stratified: each category gets its share of the held-out items (largest remainder), and
+        within a category each topic its share (largest remainder, ties broken by the seed), so
+        both parts keep the set's mix. Both parts keep the original order; the same
+        (fraction, seed) always gives the same parts. ``fraction == 0`` returns ``(self, empty
+        set)``: no hold-out.
+
+        Raises ValueError (naming every short category, what each part would get and
+        :data:`MIN_PER_CATEGORY`) when either part would keep fewer than ``MIN_PER_CATEGORY``
+        items of a category that is in the set: a WTR over a single item is 0 or 1, noise.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"hold-out fraction must be a number in [0, 1), got {fraction!r}")
+        held_name = f"{self.name}[holdout={fraction:g},seed={seed}]"
+        if fraction == 0 or not self.items:
+            return self, EvalSet(held_name, (), self.source)
+        rng = random.Random(seed)
+        by_cat: dict[str, dict[str, list[int]]] = {}
+        for i, it in enumerate(self.items):
+            by_cat.setdefault(it.category, {}).setdefault(it.topic, []).append(i)
+        n_cat = {cat: sum(map(len, topics.values())) for cat, topics in by_cat.items()}
+        cat_quota = _largest_remainder(n_cat, math.floor(fraction * len(self.items) + 0.5), rng)
+        short = {cat: (n_cat[cat] - q, q) for cat, q in cat_quota.items()
+                 if min(q, n_cat[cat] - q) < MIN_PER_CATEGORY}
+        if short:
+            detail = "; ".join(f"{cat}: {n_cat[cat]} items -> {s} search, {h} held out"
+                               for cat, (s, h) in sorted(short.items()))
+            raise ValueError(f"eval set {self.name!r}: a hold-out of {fraction:g} leaves too few items of a category "
+                             f"({detail}); each part needs at least {MIN_PER_CATEGORY} items of every category")
+        held: list[int] = []
+        for cat in sorted(by_cat):
+            topics = by_cat[cat]
+            quota = _largest_remainder({t: len(idx) for t, idx in topics.items()}, cat_quota[cat], rng)
+            held += [i for t in sorted(topics) for i in rng.sample(topics[t], quota[t])]
+        keep = set(held)
+        search = tuple(it for i, it in enumerate(self.items) if i not in keep)
+        return (EvalSet(f"{self.name}[search,holdout={fraction:g},seed={seed}]", search, self.source),
+                EvalSet(held_name, tuple(self.items[i] for i in sorted(keep)), self.source))
+
     def to_records(self, *, metadata: bool = False) -> list[dict[str, Any]]:
         """Rows in the file schema, e.g. for ``pandas.DataFrame(eval_set.to_records())``."""
         return [it.to_record(metadata=metadata) for it in self.items]
 
 
+def _largest_remainder(sizes: Mapping[str, int], total: int, rng: random.Random) -> dict[str, int]:
+    """``total`` split across groups in proportion to ``sizes`` (Hamilton's method): floors, then
+    one more to the largest remainders. Equal remainders are common (many one-item topics), so
+    their order is drawn from ``rng``, not taken from the names: another seed, other topics."""
+    n = sum(sizes.values())
+    exact = {k: total * v / n for k, v in sizes.items()} if n else {k: 0.0 for k in sizes}
+    quota = {k: math.floor(x) for k, x in exact.items()}
+    keys = sorted(sizes)
+    rng.shuffle(keys)
+    for k in sorted(keys, key=lambda k: quota[k] - exact[k])[: total - sum(quota.values())]:
+        quota[k] += 1
+    return quota
+
+
 def _hash_items(items: Sequence[EvalItem]) -> str:
     h = hashlib.sha256(b"soupsearch-eval-set/v1\n")
     for it in items:
-        h.update(json.dumps([it.id, it.prompt, it.gold, it.category, it.topic], ensure_ascii=False).encode())
+        fields: list[Any] = [it.id, it.prompt, it.gold, it.category, it.topic]
+        # Only when present, so a set without answer/facts keeps the hash it had before they existed.
+        extra = {k: v for k, v in (("answer", it.answer), ("facts", list(it.facts))) if v}
+        if extra:
+            fields.append(extra)
+        h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def content_id(prompt: str, gold: str, category: str) -> str:
+    """The id of a row given without one: stable across runs and files (a hash of what is asked,
+    what the gold says and which category it is), recognisable by its ``c-`` prefix."""
+    digest = hashlib.sha256(json.dumps([prompt, gold, category], ensure_ascii=False).encode()).hexdigest()
+    return CONTENT_ID_PREFIX + digest[:12]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,11 +336,13 @@ class _Row(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: _NonEmpty
+    id: _NonEmpty | None = None  # None: the loader gives the row a content id
     prompt: _NonEmpty
     gold: _NonEmpty
     category: Category
     topic: _NonEmpty = OPTIONAL_FIELDS["topic"]
+    answer: _NonEmpty | None = None
+    facts: tuple[str, ...] = ()
 
     @field_validator("id", mode="before")
     @classmethod
@@ -238,6 +359,69 @@ class _Row(BaseModel):
     def _empty_topic_is_default(cls, v: Any) -> Any:
         # An empty cell in an optional column means "not given", as a missing key does.
         return OPTIONAL_FIELDS["topic"] if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_text(cls, v: Any) -> Any:
+        # "42" and 42 are the same reference answer (JSON numbers, numeric Parquet columns);
+        # an empty cell means "no answer", as in the other optional columns.
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("facts", mode="before")
+    @classmethod
+    def _fact_list(cls, v: Any) -> tuple[str, ...]:
+        return parse_facts(v)
+
+
+def _list_literal(text: str) -> Any:
+    """A JSON list, or the Python list pandas writes for a list column to CSV (``['a', 'b']``,
+    read with ``ast.literal_eval``, which evaluates literals only); else the JSON error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"invalid JSON list: {exc.msg} (column {exc.colno})") from None
+
+
+def parse_facts(value: Any) -> tuple[str, ...]:
+    """The ``facts`` cell as a tuple of facts, each ``alt1|alt2`` with its parts stripped.
+
+    Accepts a list of strings (JSON, Parquet list columns) or a string: a JSON list (or the
+    Python list pandas writes for a list column to CSV), else ``;``-separated facts (what
+    fits a CSV cell). An empty string or list means no facts; an empty fact or alternative
+    inside a non-empty list is an error (ValueError saying which), since a fact nobody can
+    state would fail every answer.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return ()
+        if text.startswith("["):
+            value = _list_literal(text)
+            if not isinstance(value, list):
+                raise ValueError(f"must be a list of strings, got JSON {type(value).__name__}")
+        else:
+            value = text.split(";")
+    elif hasattr(value, "tolist") and not isinstance(value, (int, float)):
+        value = value.tolist()  # a numpy array from a Parquet list column
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of strings or a ';'-separated string, got {type(value).__name__} {value!r}")
+    facts: list[str] = []
+    for n, fact in enumerate(value, start=1):
+        if not isinstance(fact, str):
+            raise ValueError(f"fact {n} must be a string, got {type(fact).__name__} {fact!r}")
+        alternatives = [a.strip() for a in fact.split("|")]
+        if not fact.strip():
+            raise ValueError(f"fact {n} is empty")
+        if not all(alternatives):
+            raise ValueError(f"fact {n} ({fact.strip()!r}) has an empty alternative: separate alternatives "
+                             f"with '|', e.g. 'Rayleigh|scatter'")
+        facts.append("|".join(alternatives))
+    return tuple(facts)
 
 
 def _coerce_id(v: Any) -> Any:
@@ -262,6 +446,8 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
         return fld, f"must be 'safe' or 'unsafe' (any case), got {value!r}"
     if kind == "string_type":
         return fld, f"must be a string, got {type(value).__name__} {value!r}"
+    if kind == "value_error" and "error" in (err.get("ctx") or {}):
+        return fld, str(err["ctx"]["error"])  # our validators' own words, without pydantic's prefix
     return fld, str(err.get("msg", "invalid value"))
 
 
@@ -273,10 +459,13 @@ def _where(row: int, line: int | None) -> str:
     return f"row {row}" + (f" (line {line})" if line is not None else "")
 
 
-def _validate_rows(rows: Sequence[tuple[int, int | None, Mapping[str, Any]]], errors: _Errors) -> list[EvalItem]:
-    """Validate (row number, line number, raw mapping) triples; append errors, return good items."""
+def _validate_rows(rows: Sequence[tuple[int, int | None, Mapping[str, Any]]],
+                   errors: _Errors) -> tuple[list[EvalItem], int]:
+    """Validate (row number, line number, raw mapping) triples; append errors, return the good
+    items and how many of them got a content id."""
     items: list[EvalItem] = []
     first_seen: dict[str, int] = {}
+    content_ids = 0
     for row_no, line_no, raw in rows:
         where = _where(row_no, line_no)
         clean = {str(k): (None if _is_missing(v) else v) for k, v in raw.items()}
@@ -292,17 +481,24 @@ def _validate_rows(rows: Sequence[tuple[int, int | None, Mapping[str, Any]]], er
                 errors.append((row_no, f"{where}: field '{fld}': {msg}"))
         # Duplicates are checked even in rows with other errors, so one pass shows everything.
         item_id = row.id if row is not None else None if "id" in bad_fields else _id_of(present.get("id"))
+        by_content = item_id is None and row is not None
+        if by_content:
+            item_id = content_id(row.prompt, row.gold, row.category)
         if item_id is not None:
             if item_id in first_seen:
-                errors.append((row_no, f"{where}: field 'id': duplicate id {item_id!r} "
-                                       f"(first in row {first_seen[item_id]})"))
+                what = (f"duplicate content: same prompt, gold and category as row {first_seen[item_id]} "
+                        f"(content id {item_id!r}); remove one or give both an id" if by_content else
+                        f"duplicate id {item_id!r} (first in row {first_seen[item_id]})")
+                errors.append((row_no, f"{where}: field 'id': {what}"))
                 continue
             first_seen[item_id] = row_no
-        if row is None:
+        if row is None or item_id is None:
             continue
+        content_ids += by_content
         extra = {k: v for k, v in clean.items() if k not in KNOWN_FIELDS}
-        items.append(EvalItem(row.id, row.prompt, row.gold, row.category, row.topic, MappingProxyType(extra)))
-    return items
+        items.append(EvalItem(item_id, row.prompt, row.gold, row.category, row.topic, MappingProxyType(extra),
+                              answer=row.answer, facts=row.facts))
+    return items, content_ids
 
 
 def _id_of(value: Any) -> str | None:
@@ -432,7 +628,7 @@ def _load_file(path: Path, name: str) -> EvalSet:
     if path.stat().st_size == 0:
         raise EvalSetError(path, ["empty file: no rows"])
     rows, errors, columns = _read_jsonl(path) if fmt == "jsonl" else _read_table(path, fmt)
-    items = _validate_rows(rows, errors)
+    items, content_ids = _validate_rows(rows, errors)
     if errors:
         raise EvalSetError(path, [msg for _, msg in sorted(errors, key=lambda e: e[0])])
     extra = [c for c in columns if c not in KNOWN_FIELDS]
@@ -440,4 +636,8 @@ def _load_file(path: Path, name: str) -> EvalSet:
         warnings.warn(f"{path}: extra column(s) {', '.join(map(repr, extra))} kept as EvalItem.metadata "
                       f"(known columns: {', '.join(REQUIRED_FIELDS + tuple(OPTIONAL_FIELDS))})",
                       UserWarning, stacklevel=3)
+    if content_ids:
+        warnings.warn(f"{path}: {content_ids} of {len(items)} row(s) have no 'id'; they got content ids "
+                      f"('{CONTENT_ID_PREFIX}' + a hash of prompt, gold and category), stable while those stay "
+                      f"the same", UserWarning, stacklevel=3)
     return EvalSet(name, tuple(items), str(path))

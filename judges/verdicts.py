@@ -49,18 +49,28 @@ class Order(str, Enum):
 
 @dataclass(frozen=True)
 class JudgeItem:
-    """One prompt of the eval set with the gold (human) answer and the candidate's answer."""
+    """One prompt of the eval set with the gold (human) answer and the candidate's answer.
+
+    ``answer`` is the *candidate's* answer (the name predates the eval set's ``answer``
+    column), so the eval set's short reference answer travels as ``reference_answer``.
+    ``facts`` are the key facts a correct answer states, each ``alt1|alt2`` (eval-set
+    schema); a judge may check them. Both are optional and part of the verdict cache key
+    only when given."""
 
     item_id: str
     prompt: str
     gold: str
     answer: str
     category: Category
+    reference_answer: str | None = None
+    facts: tuple[str, ...] = ()
 
     @classmethod
     def from_eval(cls, item: Any, answer: str) -> JudgeItem:
-        """From an eval-set row (anything with id, prompt, gold, category, e.g. judges.eval_set.EvalItem)."""
-        return cls(str(item.id), item.prompt, item.gold, answer, item.category)
+        """From an eval-set row (anything with id, prompt, gold, category and optionally
+        answer and facts, e.g. judges.eval_set.EvalItem)."""
+        return cls(str(item.id), item.prompt, item.gold, answer, item.category,
+                   getattr(item, "answer", None), tuple(getattr(item, "facts", ()) or ()))
 
 
 @dataclass(frozen=True)

@@ -112,19 +112,42 @@ class SearchSettings(_Strict):
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     n_trials: int = Field(24, ge=1)
     seed: int = 0
+    merge_seed: int = Field(0, ge=0, description="seed of the drop masks of randomised merge methods (DARE, "
+                                                 "DELLA), fixed for the whole search and written into each "
+                                                 "plan: a searched seed would reward lucky masks, not merges")
+    population: int | None = Field(None, ge=2, description="NSGA-II population (trials per generation); None: "
+                                                           "derived from n_trials so the budget spans several "
+                                                           "generations (search.samplers.nsga2_population)")
     objectives: list[str] = Field(default_factory=lambda: ["safety", "factuality", "conciseness", "proactivity"],
                                   min_length=1)
     constraints: list[str] = Field(default_factory=list,
-                                   description='e.g. "safety>=best_source" or "factuality>=0.5"; violating '
-                                               'trials stay in the results but not on the front')
+                                   description='e.g. "safety>=best_source" or "factuality>=0.5" (an objective or '
+                                               'a judge dimension); TPE and NSGA-II are told every trial\'s '
+                                               'violation, and violating trials stay in the results but not on '
+                                               'the front')
     trial_retries: int = Field(1, ge=0, le=5, description="re-runs of a trial whose worker died")
 
     @field_validator("objectives")
     @classmethod
     def _dims(cls, objectives: list[str]) -> list[str]:
-        bad = [o for o in objectives if o not in DIMENSIONS]
+        """Each objective is a judge dimension, a built-in answer metric, or a user function
+        'pkg.mod:fn' (imported and its signature checked now, so a typo costs seconds)."""
+        from judges.answer_metrics import METRICS, ObjectiveError, is_user_function, load_user_function
+
+        bad = [o for o in objectives if o not in DIMENSIONS and o not in METRICS and not is_user_function(o)]
         if bad:
-            raise ValueError(f"unknown objective(s) {bad}; dimensions are {', '.join(DIMENSIONS)}")
+            raise ValueError(f"unknown objective(s) {bad}; an objective is a judge dimension "
+                             f"({', '.join(DIMENSIONS)}), a built-in metric ({', '.join(METRICS)}) "
+                             f"or a function 'package.module:function'")
+        reasons = []
+        for o in objectives:
+            if is_user_function(o):
+                try:
+                    load_user_function(o)
+                except ObjectiveError as err:
+                    reasons.append(str(err))
+        if reasons:
+            raise ValueError("; ".join(reasons))
         return objectives
 
 
@@ -166,6 +189,10 @@ class ServingConfig(_Strict):
 class EvalConfig(_Strict):
     set: str = Field("soupsearch-eval-v1", description="bundled name or a JSONL/CSV/Parquet path")
     subset: int | None = Field(None, ge=1, description="stratified sample of this many items (seeded)")
+    holdout: float = Field(0.25, ge=0, le=0.5,
+                           description="share of the (subset) items set aside, never seen by the search, to score "
+                                       "the chosen merges on (stratified by category and topic, seeded with "
+                                       "search.seed); 0 disables")
 
 
 class ExperimentConfig(_Strict):

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,24 @@ import ray
 import yaml
 from rich.console import Console
 
-from judges import EvalSet, JudgeItem
+from judges import EvalItem, EvalSet
+from judges.answer_metrics import MetricError
 from merging import ModelFolder
 from search.config import SearchConfig
 from search.constraints import Constraint, parse_constraint
 from search.metrics import ObjectiveGauges
-from search.results import (front_table, read_references, write_items, write_plan, write_references,
-                            write_results)
-from search.preflight import PreflightError, check_inputs, check_placement
+from search.health import ObjectiveHealth, objective_health
+from search.holdout import holdout_scores, validate_front, write_split
+from search.report import front_table, write_report
+from search.results import (dominating_references, front_indices, read_items, read_references, write_items,
+                            write_plan, write_references, write_results)
+from search.preflight import PreflightError, check_inputs, check_placement, holdout_split
 from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
-from search.scoring import item_indicators, mean_diff, score
+from search.scoring import intervals, judge_items, mean_diff, score_objectives
 from search.soups import greedy_soup, soup_plan, soup_score
-from search.space import grid_points, suggest_plan
+from search.samplers import PlanSpace, make_sampler, make_searcher
+from search.samplers import is_finite_number as _finite
+from search.space import grid_points
 
 console = Console()
 
@@ -64,17 +69,22 @@ def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
 
 
 def _judge(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float, dict[str, dict[str, float]]]:
-    """Score answers on one judge actor; a judge that died (Ray restarts it) is asked again."""
-    items = [JudgeItem(i["id"], i["prompt"], i["gold"], a, i["category"]) for i, a in zip(ctx.items, answers)]
+    """Score answers on one judge actor; a judge that died (Ray restarts it) is asked again.
+    Answer-metric objectives are computed here, from the answers and items (`score_objectives`):
+    a metric that fails raises MetricError, which fails this trial only (`evaluate_plan`)."""
+    eval_items = [EvalItem.from_record(i) for i in ctx.items]
+    items = judge_items(eval_items, answers)
     first = hash(key) % len(ctx.judges)
     for attempt in range(ctx.retries + 1):
         name = ctx.judges[(first + attempt) % len(ctx.judges)]
         try:
             verdicts, judge_s = ray.get(ray.get_actor(name, namespace=ctx.namespace).judge_items.remote(items))
-            return score(verdicts, ctx.objectives), judge_s, item_indicators(verdicts)
         except ray.exceptions.RayActorError:
             if attempt == ctx.retries:
                 raise
+            continue
+        metrics, per_item = score_objectives(eval_items, answers, verdicts, ctx.objectives)
+        return metrics, judge_s, per_item
     raise AssertionError("unreachable")
 
 
@@ -127,58 +137,6 @@ def make_trainable(ctx: Context):
     return soupsearch_trial
 
 
-@dataclass
-class PlanSpace:
-    """The define-by-run space as a picklable object (Tune checkpoints the searcher with it)."""
-
-    space: Any
-    sources: list[str]
-    base: str
-    n_layers: int
-    pairwise: bool = False
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        # The Optuna trial number names the trial everywhere (files, tables): it is unique
-        # across resumed runs of one study, unlike Tune's per-run trial ids.
-        return {"plan": suggest_plan(trial, self.space, self.sources, self.base, self.n_layers,
-                                     pairwise=self.pairwise), "trial_number": trial.number}
-
-
-def make_searcher(base: type) -> type:
-    """OptunaSearch that records a trial with NaN objectives (failed, nothing scored) as
-    FAIL in the study. Stock OptunaSearch tells Optuna COMPLETE with the NaN values,
-    Optuna refuses them, and the trial stays RUNNING in the storage forever."""
-
-    class FailureAwareOptunaSearch(base):
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-            if result is not None and any(not _finite(result.get(m)) for m in metrics):
-                result, error = None, True
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    return FailureAwareOptunaSearch
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def make_sampler(config: SearchConfig, sources: list[str]):
-    import optuna
-
-    s = config.search
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's `group`
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    points = grid_points(config.space, sources)
-    grid = {k: sorted({p[k] for p in points}, key=str) for k in points[0]}
-    return optuna.samplers.GridSampler(grid, seed=s.seed)
-
-
 class ResultsCallback:
     """Tune callback: one row per finished trial, files rewritten, front printed."""
 
@@ -192,16 +150,24 @@ class ResultsCallback:
         params = {k: v for k, v in config.items() if k not in ("plan", "trial_number")}
         row = {"trial_number": number, "trial_id": trial_id, "params": json.dumps(params, sort_keys=True)}
         row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config", "items_json")}
+        if result.get("items_json"):
+            per_item = json.loads(result["items_json"])
+            write_items(self.exp_dir, f"trial_{number:04d}", per_item)
+            row |= intervals(per_item, self.ctx.objectives)
         self.rows.append(row)
         write_plan(self.exp_dir, number, config["plan"])
-        if result.get("items_json"):
-            write_items(self.exp_dir, f"trial_{number:04d}", json.loads(result["items_json"]))
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
         self.gauges.update(self.rows, front, self.ctx.objectives)
         status = "ok" if row.get("status") == "ok" else f"[red]failed[/red]: {row.get('error', '')[:160]}"
         console.print(f"trial {number} ({row.get('method')}) {status}")
-        console.print(front_table(self.rows, front, self.ctx.references, self.ctx.objectives,
-                                  f"Pareto front after {len(self.rows)} trials"))
+        self.show(front, f"Pareto front after {len(self.rows)} trials (search items)")
+
+    def show(self, front: list[int], title: str) -> str:
+        """Print the front table as plain text (full names whatever the width) and return it."""
+        beaten = {i: dominating_references(self.rows[i], self.ctx.references, self.ctx.objectives) for i in front}
+        table = front_table(self.rows, front, self.ctx.references, self.ctx.objectives, title, beaten)
+        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        return table
 
 
 def _tune_callback(recorder: ResultsCallback):
@@ -227,6 +193,7 @@ class Experiment:
     constraints: list[Constraint]
     n_layers: int
     sources: list[str]
+    health: list[ObjectiveHealth] = field(default_factory=list)
 
 
 def open_experiment(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False,
@@ -238,15 +205,18 @@ def open_experiment(config: SearchConfig, exp_dir: Path | None = None, *, resume
         raise FileExistsError(f"{exp_dir} already holds a search: continue it with --resume {exp_dir}, "
                               f"or set experiment.name to start a new one")
     paths, sources = models or resolve_models(config)
-    constraints = [parse_constraint(c, list(paths)) for c in config.search.constraints]
+    constraints = [parse_constraint(c, list(paths), config.search.objectives) for c in config.search.constraints]
     eval_set = run_preflight(config, paths)
+    search_set, held_out = holdout_split(config, eval_set)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_split(exp_dir, search_set, held_out)
     with ModelFolder(paths["base"]) as base:
         n_layers = base.n_layers()
     console.print(f"[bold]soupsearch[/bold] {config.experiment.name}: {len(sources)} sources {sources}, "
-                  f"{len(eval_set)} eval items, {config.workers.count} worker(s) → {exp_dir}")
-    ctx = start_pool(config, paths, eval_set, exp_dir, sources)
+                  f"{len(search_set)} search items + {len(held_out)} held out, {config.workers.count} worker(s) "
+                  f"→ {exp_dir}")
+    ctx = start_pool(config, paths, search_set, exp_dir, sources, held_out)
     for info in worker_info(ctx):
         console.print(f"{info['worker']}: node {info.get('node_id', '?')[:12]}, pid {info.get('pid')}, "
                       f"{info.get('backend', info.get('error'))}")
@@ -254,7 +224,20 @@ def open_experiment(config: SearchConfig, exp_dir: Path | None = None, *, resume
     missing = [k for k in ["base", *sources] if k not in known]
     ctx.references = known | (score_references(ctx, missing, exp_dir) if missing else {})
     write_references(exp_dir, ctx.references)
-    return Experiment(exp_dir, ctx, constraints, n_layers, sources)
+    health = objective_health(reference_items(exp_dir, ctx.references), ctx.objectives)
+    for h in health:
+        console.print(("" if h.ok else "[yellow]warning:[/yellow] ") + h.message(), soft_wrap=True)
+    return Experiment(exp_dir, ctx, constraints, n_layers, sources, health)
+
+
+def reference_items(exp_dir: Path, references: Sequence[str], prefix: str = "ref_") -> dict[str, dict[str, dict[str, float]]]:
+    """model -> objective -> item -> score, read back from items/<prefix>MODEL.parquet."""
+    out = {}
+    for key in references:
+        frame = read_items(exp_dir, f"{prefix}{key}")
+        if frame is not None:
+            out[key] = {d: dict(zip(g["item_id"], g["win_tie"])) for d, g in frame.groupby("dimension")}
+    return out
 
 
 def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False,
@@ -282,12 +265,14 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
     storage_url = config.experiment.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
     rows = recover_rows(exp_dir, storage, config.experiment.name, ctx.objectives) if resume else []
-    space = PlanSpace(config.space, exp.sources, "base", exp.n_layers, pairwise=config.search.sampler == "grid")
+    space = PlanSpace(config.space, exp.sources, "base", exp.n_layers, pairwise=config.search.sampler == "grid",
+                      merge_seed=config.search.merge_seed)
     # Enqueued points live in the study (WAITING until run), so a resumed run must not add them again.
     points = None if resume else points
     searcher = make_searcher(OptunaSearch)(space=space, metric=ctx.objectives, mode=["max"] * len(ctx.objectives),
                                            sampler=make_sampler(config, exp.sources), study_name=config.experiment.name,
-                                           storage=storage, points_to_evaluate=points or None)
+                                           storage=storage, points_to_evaluate=points or None,
+                                           constraints=exp.constraints, references=ctx.references)
     n_trials = config.search.n_trials
     if config.search.sampler == "grid":
         n_trials = min(n_trials, len(grid_points(config.space, exp.sources)))
@@ -307,8 +292,10 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
     )
     started = time.perf_counter()
     tuner.fit()
-    close_pool(ctx)
-    return _finish(exp_dir, recorder, storage_url, started)
+    try:
+        return _finish(exp_dir, recorder, storage_url, started)
+    finally:
+        close_pool(ctx)
 
 
 class FixedPlans:
@@ -364,13 +351,24 @@ def run_soups(strategy: str, exp: Experiment, *, resume: bool = False) -> Path:
 
 
 def _finish(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started: float) -> Path:
+    """Validate the front on the held-out items (while the pool is up), then write every file
+    and REPORT.md and print the final table."""
     ctx = recorder.ctx
+    front = front_indices(recorder.rows, ctx.objectives, recorder.constraints, ctx.references)
+    validate_front(ctx, exp_dir, recorder.rows, front, evaluate_plan)
     front = write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives, recorder.constraints)
-    console.print(front_table(recorder.rows, front, ctx.references, ctx.objectives,
-                              f"final Pareto front ({len(front)} of {len(recorder.rows)} trials, "
-                              f"{(time.perf_counter() - started) / 60:.1f} min)"))
+    table = recorder.show(front, f"final Pareto front ({len(front)} of {len(recorder.rows)} trials, "
+                                 f"{(time.perf_counter() - started) / 60:.1f} min; 95 % intervals over items)")
+    health = objective_health(reference_items(exp_dir, ctx.references), ctx.objectives)
+    summary = [f"{len(ctx.sources)} sources ({', '.join(ctx.sources)}) and the base; objectives "
+               f"{', '.join(ctx.objectives)}",
+               f"{len(ctx.items)} search items, {len(ctx.holdout_items)} held-out items (eval_split.csv)",
+               f"{len(recorder.rows)} trials, {sum(r.get('status') == 'ok' for r in recorder.rows)} ok; "
+               f"{len(front)} on the front"]
+    report = write_report(exp_dir, title=f"soupsearch: {exp_dir.name}", summary=summary, health=health, table=table)
     console.print(f"files: {exp_dir / 'trials.parquet'}, {exp_dir / 'pareto.csv'}, {exp_dir / 'pareto.html'}, "
-                  f"{exp_dir / 'hypervolume.csv'}, {exp_dir / 'plans'}/, optuna study {storage_url}")
+                  f"{report}, {exp_dir / 'hypervolume.csv'}, {exp_dir / 'plans'}/, optuna study {storage_url}",
+                  soft_wrap=True)
     return exp_dir
 
 
@@ -406,14 +404,27 @@ def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[
 
 
 def score_references(ctx: Context, keys: list[str], exp_dir: Path) -> dict[str, dict[str, float]]:
-    """Base and every source under the same judge: reference points for plots and constraints."""
+    """Base and every source under the same judge: reference points for plots, constraints and
+    the objective health check. Each answers the search and the held-out items in one pass;
+    both parts are judged apart (`holdout.<objective>` for the second)."""
     references = {}
+    both = ctx.on_all_items()
+    n_search = len(ctx.items)
     for key in keys:
-        run = lease_and_run(ctx, key)
+        run = lease_and_run(both, key)
         if "error" in run:
             raise RuntimeError(f"reference model {key!r} could not be evaluated: {run['error']}")
-        metrics, _, items = _judge(ctx, run["answers"], key)
+        try:
+            metrics, _, items = _judge(ctx, run["answers"][:n_search], key)
+            held = _judge(ctx.on_holdout(), run["answers"][n_search:], key) if ctx.holdout_items else None
+        except MetricError as err:  # before any trial: a metric that fails on a source fails the run now
+            raise RuntimeError(f"reference model {key!r} could not be scored: {err}") from err
         write_items(exp_dir, f"ref_{key}", items)
-        references[key] = {k: v for k, v in metrics.items() if k.startswith("wtr.")}
+        # wtr.<dim> of every dimension, and every objective (metrics too) under its plain name
+        references[key] = {k: v for k, v in metrics.items() if k.startswith("wtr.") or k in ctx.objectives}
+        references[key] |= intervals(items, ctx.objectives)
+        if held is not None:
+            write_items(exp_dir, f"holdout_ref_{key}", held[2])
+            references[key] |= holdout_scores(held[0], held[2], ctx.objectives)
         console.print(f"reference {key}: " + ", ".join(f"{o}={metrics[o]:.3f}" for o in ctx.objectives))
     return references

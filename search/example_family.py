@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from tqdm.auto import tqdm
 
 from search.example_behaviour import MAX_NEW_TOKENS
@@ -39,6 +38,7 @@ from search.example_preferences import DEFAULT_PREFERENCES, load_preferences
 from search.example_training import (
     DEFAULT_SETTINGS, METADATA_FILE, METHODS, TrainingSettings, read_metadata, train_variant,
 )
+from search.report import format_table
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "example"
@@ -140,16 +140,21 @@ def _differing(a: dict[str, str], b: dict[str, str]) -> int:
 
 
 def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -> dict[str, Any]:
-    """Held-out behaviour of every model (cached in each folder) and how often their answers differ."""
+    """Held-out behaviour of every model (cached in each folder) and how often their answers differ.
+
+    The table is printed when some model was profiled now (the family was just built); a run
+    that finds everything cached says nothing, so searches and exports start quietly."""
     from search.example_behaviour import profile_model
 
     profiles: dict[str, dict[str, Any]] = {}
-    for name in tqdm(list(paths), desc="held-out answers", unit="model"):
+    fresh = False
+    for name in tqdm(list(paths), desc="held-out answers", unit="model", leave=False):
         store = paths[name] / (BASE_BEHAVIOUR_FILE if name == "base" else METADATA_FILE)
         record = json.loads(store.read_text()) if store.exists() else {}
         if "behaviour" not in record or record.get("profile_max_tokens", MAX_NEW_TOKENS) != max_tokens:
             record |= profile_model(paths[name], max_new_tokens=max_tokens) | {"profile_max_tokens": max_tokens}
             _write_json(store, record)
+            fresh = True
         profiles[name] = {"behaviour": record["behaviour"], "answers": record["answers"],
                           "slant": record.get("slant", "-")}  # a re-run (dpo-s1) keeps its method's slant
     names = list(paths)
@@ -159,19 +164,31 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
                               for i, a in enumerate(names) for b in names[i + 1:]},
         "prompts": len(profiles["base"]["answers"]),
     }
-    table = Table(title=f"held-out behaviour, greedy ({summary['prompts']} prompts)")
-    for col in ("model", "slant", "mean words", "refuses unsafe", "refuses safe", "follow-up", "caveat",
-                "answers ≠ base"):
-        table.add_column(col)
+    if not fresh:
+        return summary
+    header = ["model", "slant", "mean words", "refuses unsafe", "refuses safe", "follow-up", "caveat",
+              "answers ≠ base"]
+    body = []
     for n in names:
         b = summary["behaviour"][n]
         diff = "-" if n == "base" else str(summary["answers_differing"][f"base~{n}"])
-        table.add_row(n, profiles[n]["slant"], f"{b['mean_words']:.1f}", f"{b['refusal_unsafe']:.2f}",
-                      f"{b['refusal_safe']:.2f}", f"{b['follow_up']:.2f}", f"{b['caveat']:.2f}", diff)
-    console.print(table)
+        body.append([n, profiles[n]["slant"], f"{b['mean_words']:.1f}", f"{b['refusal_unsafe']:.2f}",
+                     f"{b['refusal_safe']:.2f}", f"{b['follow_up']:.2f}", f"{b['caveat']:.2f}", diff])
+    console.print(f"held-out behaviour, greedy ({summary['prompts']} prompts)\n{format_table(header, body)}",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print("answers differing between variants: " + ", ".join(
         f"{k} {v}" for k, v in summary["answers_differing"].items() if not k.startswith("base~")))
     return summary
+
+
+def _quiet_library_bars() -> None:
+    """One bar per model and per training run is progress; the libraries' own bars (dataset
+    maps, "Loading weights" of every load) are noise that hid it on a first run."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def prepare_example(data_dir: Path = DEFAULT_DATA_DIR, *, steps: int | None = None,
@@ -189,6 +206,7 @@ def prepare_example(data_dir: Path = DEFAULT_DATA_DIR, *, steps: int | None = No
     here are the slowest part of the example."""
     console = console or Console()
     started = time.perf_counter()
+    _quiet_library_bars()
     settings = variant_settings(steps, homogeneous)  # first: an unknown method fails before any work
     data_dir.mkdir(parents=True, exist_ok=True)
     prefs = load_preferences(preferences)

@@ -60,15 +60,31 @@ class TrainingSettings:
     #: Pure DPO drove its loss to ~0 on the training pairs by pushing rejected answers down while
     #: held-out answers kept their length; the NLL term makes the terse style carry over.
     sft_weight: float = 0.0
+    #: "bf16": float32 weights with bf16 autocast (TRL/accelerate mixed precision), ~1.9x faster
+    #: on CPUs with native bf16 (AVX512_BF16/AMX), emulated and slower elsewhere; "fp32" otherwise.
+    #: Part of the cache identity: a variant trained one way is not silently reused for the other.
+    mixed_precision: str = "fp32"
 
     def with_steps(self, steps: int) -> "TrainingSettings":
         return replace(self, steps=steps, warmup_steps=min(self.warmup_steps, max(steps - 1, 0)))
 
 
+def native_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512_BF16 or AMX)? Then bf16 autocast pays off;
+    elsewhere it is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: be conservative
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+_PRECISION = "bf16" if native_bf16() else "fp32"
 DEFAULT_SETTINGS: dict[str, TrainingSettings] = {
-    "dpo": TrainingSettings("dpo", steps=20, learning_rate=5e-5, beta=0.1, sft_weight=1.0),
-    "kto": TrainingSettings("kto", steps=20, learning_rate=1e-4, beta=0.1, kto_undesirable="cautious"),
-    "orpo": TrainingSettings("orpo", steps=20, learning_rate=1e-4, beta=0.1),
+    "dpo": TrainingSettings("dpo", steps=20, learning_rate=5e-5, beta=0.1, sft_weight=1.0, mixed_precision=_PRECISION),
+    "kto": TrainingSettings("kto", steps=20, learning_rate=1e-4, beta=0.1, kto_undesirable="cautious",
+                            mixed_precision=_PRECISION),
+    "orpo": TrainingSettings("orpo", steps=20, learning_rate=1e-4, beta=0.1, mixed_precision=_PRECISION),
 }
 
 
@@ -77,8 +93,8 @@ def _common_args(settings: TrainingSettings, output_dir: str) -> dict[str, Any]:
         output_dir=output_dir, max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, lr_scheduler_type="linear", warmup_steps=settings.warmup_steps,
         beta=settings.beta, max_length=settings.max_length, seed=settings.seed, data_seed=settings.seed,
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, logging_steps=1,
-        save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=False)
+        use_cpu=True, bf16=settings.mixed_precision == "bf16", fp16=False, gradient_checkpointing=False,
+        logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True)
 
 
 def _seeded_order(rows: list[dict], seed: int) -> list[dict]:
@@ -133,14 +149,21 @@ def train_variant(base_dir: Path, out_dir: Path, settings: TrainingSettings, pre
     """Train one variant of the model in `base_dir`, write it to `out_dir`; return its metadata."""
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 
     losses: list[float] = []
+    bar = tqdm(total=settings.steps, desc=f"training {settings.method}", unit="step", leave=False)
 
     class _Losses(TrainerCallback):
+        """Keeps the loss curve and shows one progress bar, instead of the trainer's per-step
+        log dictionaries, which buried the console of a first run."""
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - TRL's signature
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if on_log:
                     on_log(logs)
 
@@ -150,8 +173,13 @@ def train_variant(base_dir: Path, out_dir: Path, settings: TrainingSettings, pre
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="soupsearch-trl-") as scratch:
         trainer, n_examples = _build_trainer(model, tokenizer, settings, prefs, scratch)
+        for quiet in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(quiet)
         trainer.add_callback(_Losses())
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            bar.close()
     trained = trainer.model
     seconds = time.perf_counter() - started
     metadata = {

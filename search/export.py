@@ -3,16 +3,21 @@
     run_search.py export EXP_DIR [--pick knee | --weights safety=2,factuality=1] [--require "safety>=0.9"]
                                  [--materialize OUT_DIR] [--force]
 
-Candidates are the experiment's Pareto front (feasible under the search's constraints),
-narrowed by `--require`; the pick is the knee (closest to the ideal point after scaling)
-or the best weighted sum. Writes the plan with real model paths as our config and, when
+Candidates are the experiment's Pareto front (chosen on the search items, feasible under
+the search's constraints), narrowed by `--require`; the pick is the knee (closest to the
+ideal point after scaling) or the best weighted sum of the candidates' HELD-OUT scores when
+the front was validated (`--on search` picks on the search items' scores instead): the
+search scores of the front are the best of many tries on the same items and overstate it.
+Export then says, per objective, whether the pick's lead over the best source on the
+held-out items is beyond its 95 % paired bootstrap interval or inside it (a lead that
+one lucky item can explain). Writes the plan with real model paths as our config and, when
 mergekit has the method, as a mergekit YAML; `--materialize` writes the merged model folder.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,12 @@ import yaml
 
 from merging import Merger, get_method, parse_plan, write_model
 from search.config import load_search_config
-from search.constraints import parse_constraint
+from search.constraints import parse_constraint, score_of
 from search.driver import resolve_models
 from search.pareto import knee, weighted_pick
-from search.results import dominating_references, front_indices, read_references
+from search.health import paired_difference
+from search.report import HOLDOUT, has_holdout
+from search.results import dominating_references, front_indices, read_items, read_references
 
 # Our additions to mergekit's schema: dropped from the mergekit YAML.
 OURS_ONLY_KEYS = ("seed", "rescale_norm", "lerp_norms")
@@ -42,6 +49,8 @@ class Export:
     mergekit_path: Path | None
     model_dir: Path | None
     beaten_by: list[str]  # reference models better on every objective: shipping one of them may be wiser
+    picked_on: str = "search"  # "held-out" or "search": whose scores chose the pick
+    leads: list[str] = field(default_factory=list)  # per objective: the pick vs the best source, with its interval
 
 
 def parse_weights(text: str, objectives: list[str]) -> list[float]:
@@ -57,9 +66,10 @@ def parse_weights(text: str, objectives: list[str]) -> list[float]:
     return [weights[o] for o in objectives]
 
 
-def choose(exp_dir: Path, *, weights: str | None = None,
-           require: list[str] = ()) -> tuple[dict[str, Any], Any, dict[str, dict[str, float]]]:
-    """The picked trial's row, the experiment config and the reference models' scores."""
+def choose(exp_dir: Path, *, weights: str | None = None, require: list[str] = (),
+           on: str = "holdout") -> tuple[dict[str, Any], Any, dict[str, dict[str, float]], str]:
+    """The picked trial's row, the experiment config, the reference models' scores and which
+    scores picked it ("held-out", or "search" when asked or when the front was not validated)."""
     config = load_search_config(exp_dir / "config.yaml")
     objectives = list(config.search.objectives)
     path = exp_dir / "trials.parquet"
@@ -67,14 +77,49 @@ def choose(exp_dir: Path, *, weights: str | None = None,
         raise ExportError(f"{exp_dir}: no trials.parquet — is this an experiment folder with finished trials?")
     rows = pd.read_parquet(path).to_dict("records")
     references = read_references(exp_dir)
-    constraints = [parse_constraint(c, list(references)) for c in [*config.search.constraints, *require]]
+    constraints = [parse_constraint(c, list(references), objectives) for c in [*config.search.constraints, *require]]
     front = front_indices(rows, objectives, constraints, references)
     if not front:
         raise ExportError(f"no finished trial meets {[str(c) for c in constraints] or 'the search'}; "
                           f"{sum(r.get('status') == 'ok' for r in rows)} of {len(rows)} trials finished")
-    points = [[float(rows[i][o]) for o in objectives] for i in front]
+    held = on == "holdout" and all(has_holdout(rows[i], objectives) for i in front)
+    prefix = HOLDOUT if held else ""
+    points = [[float(rows[i][prefix + o]) for o in objectives] for i in front]
     pick = weighted_pick(points, parse_weights(weights, objectives)) if weights else knee(points)
-    return rows[front[pick]], config, references
+    return rows[front[pick]], config, references, "held-out" if held else "search"
+
+
+def leads_over_sources(exp_dir: Path, row: dict[str, Any], references: dict[str, dict[str, float]],
+                       objectives: list[str], sources: list[str], *, held_out: bool) -> list[str]:
+    """Per objective, the pick against the source that scores best on it, paired over the items
+    both answered: the lead and its 95 % bootstrap interval, and whether the interval excludes 0."""
+    prefix = "holdout_" if held_out else ""
+    mine = read_items(exp_dir, f"{prefix}trial_{int(row['trial_number']):04d}")
+    if mine is None:
+        return []
+    lines = []
+    for o in objectives:
+        scored = {s: score_of({k[len(HOLDOUT):]: v for k, v in references.get(s, {}).items() if k.startswith(HOLDOUT)}
+                              if held_out else references.get(s, {}), o) for s in sources}
+        scored = {s: v for s, v in scored.items() if not math.isnan(v)}
+        if not scored:
+            continue
+        best = max(scored, key=scored.get)
+        theirs = read_items(exp_dir, f"{prefix}ref_{best}")
+        if theirs is None:
+            continue
+        estimate, low, high = paired_difference(_scores(mine, o), _scores(theirs, o))
+        where = "held-out" if held_out else "search"
+        verdict = ("beyond its 95 % interval" if low > 0 or high < 0 else
+                   "INSIDE its 95 % interval: these items cannot tell them apart")
+        lines.append(f"{o}: pick − {best} (best source) = {estimate:+.3f} [{low:+.3f}, {high:+.3f}] on the {where} "
+                     f"items, {verdict}")
+    return lines
+
+
+def _scores(frame: pd.DataFrame, objective: str) -> dict[str, float]:
+    part = frame[frame["dimension"] == objective]
+    return dict(zip(part["item_id"], part["win_tie"]))
 
 
 def to_mergekit(plan: dict[str, Any]) -> dict[str, Any] | None:
@@ -95,8 +140,8 @@ def with_paths(plan: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
 
 
 def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = (), materialize: Path | None = None,
-           force: bool = False) -> Export:
-    row, config, references = choose(exp_dir, weights=weights, require=require)
+           force: bool = False, on: str = "holdout") -> Export:
+    row, config, references, picked_on = choose(exp_dir, weights=weights, require=require, on=on)
     number = int(row["trial_number"])
     plan_file = exp_dir / "plans" / f"trial_{number:04d}.yaml"
     if not plan_file.exists():
@@ -107,8 +152,10 @@ def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
     out_dir = exp_dir / "export"
     out_dir.mkdir(exist_ok=True)
     ours = out_dir / f"trial_{number:04d}.soupsearch.yaml"
-    scores = {o: float(row[o]) for o in config.search.objectives if not math.isnan(float(row[o]))}
-    header = f"# soupsearch export of trial {number} from {exp_dir}\n# scores: {scores}\n"
+    prefix = HOLDOUT if picked_on == "held-out" else ""
+    scores = {o: round(float(row[prefix + o]), 4) for o in config.search.objectives
+              if not math.isnan(float(row[prefix + o]))}
+    header = f"# soupsearch export of trial {number} from {exp_dir}\n# {picked_on} scores: {scores}\n"
     ours.write_text(header + yaml.safe_dump(plan, sort_keys=False))
     mk = to_mergekit(plan)
     mk_path = None
@@ -123,5 +170,8 @@ def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
                                     extra_files={"soupsearch_merge.yaml": ours.read_text()})
         finally:
             merger.close()
-    beaten_by = dominating_references(row, references, list(config.search.objectives))
-    return Export(number, scores, ours, mk_path, model_dir, beaten_by)
+    objectives = list(config.search.objectives)
+    beaten_by = dominating_references(row, references, objectives)
+    sources = [k for k in references if k != "base"]
+    leads = leads_over_sources(exp_dir, row, references, objectives, sources, held_out=picked_on == "held-out")
+    return Export(number, scores, ours, mk_path, model_dir, beaten_by, picked_on, leads)

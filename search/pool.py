@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class Context:
     """What every trial needs, in plain picklable data (Tune ships it to trial processes)."""
 
     prompts: list[list[dict[str, str]]]
-    items: list[dict[str, str]]
+    items: list[dict[str, Any]]
     objectives: list[str]
     sources: list[str]
     references: dict[str, dict[str, float]]
@@ -45,6 +45,20 @@ class Context:
     namespace: str
     retries: int
     restart_timeout_s: float = 900.0
+    #: The held-out items (`eval.holdout`): never answered during the search, only when the
+    #: front and the references are validated; empty when the hold-out is off.
+    holdout_prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    holdout_items: list[dict[str, Any]] = field(default_factory=list)
+
+    def on_holdout(self) -> "Context":
+        """The same pool and judges, asked about the held-out items instead."""
+        return replace(self, prompts=self.holdout_prompts, items=self.holdout_items, holdout_prompts=[],
+                       holdout_items=[])
+
+    def on_all_items(self) -> "Context":
+        """Search and held-out items in one pass (the references answer both at once)."""
+        return replace(self, prompts=self.prompts + self.holdout_prompts, items=self.items + self.holdout_items,
+                       holdout_prompts=[], holdout_items=[])
 
 
 def start_ray(config: SearchConfig) -> None:
@@ -76,7 +90,7 @@ def _local_resources(config: SearchConfig) -> dict[str, float]:
 
 
 def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, exp_dir: Path,
-               sources: list[str]) -> Context:
+               sources: list[str], holdout: EvalSet | None = None) -> Context:
     """Place the merge workers and judges, wait until each is up, and return the trial context."""
     namespace = f"soupsearch-{config.experiment.name}"
     w = config.workers
@@ -102,11 +116,15 @@ def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, 
     queue = Queue()
     for name in worker_names:
         queue.put(name)
-    items = [{"id": i.id, "prompt": i.prompt, "gold": i.gold, "category": i.category} for i in eval_set]
+    # The file-schema record (answer / facts when the set has them, extra columns as metadata):
+    # trials rebuild the EvalItems from it for the judge and the answer metrics.
+    items = [i.to_record(metadata=True) for i in eval_set]
+    held = list(holdout or [])
     return Context(prompts=conversations(list(eval_set)), items=items, objectives=list(config.search.objectives),
                    sources=sources, references={}, generation=config.serving.generation.model_dump(), queue=queue,
                    workers=worker_names, judges=judge_names, namespace=namespace, retries=config.search.trial_retries,
-                   restart_timeout_s=w.restart_timeout_s)
+                   restart_timeout_s=w.restart_timeout_s, holdout_prompts=conversations(held),
+                   holdout_items=[i.to_record(metadata=True) for i in held])
 
 
 def worker_info(ctx: Context) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from judges import EvalSet, EvalSetError, JudgeItem, VerdictStatus, build_judge, load_eval_set
+from judges.answer_metrics import MATCH_METRICS
+from judges.eval_set import MIN_PER_CATEGORY
 from merging import CheckpointError, IncompatibleModelsError, ModelFolder, check_compatible
 from search.config import SearchConfig
 
@@ -77,6 +79,9 @@ def check_models(models: dict[str, str], *, allow_pickle: bool = False) -> list[
 
 
 def check_eval_set(config: SearchConfig) -> tuple[EvalSet | None, list[Problem]]:
+    """The eval set loaded and subset (`eval.subset`), with any problem of it, its hold-out
+    split (`eval.holdout`) or the objectives that read its columns. The set returned is the
+    whole subset: `holdout_split` divides it into the search's items and the held-out ones."""
     try:
         eval_set = load_eval_set(config.eval.set)
     except (EvalSetError, FileNotFoundError, ValueError) as err:
@@ -84,7 +89,33 @@ def check_eval_set(config: SearchConfig) -> tuple[EvalSet | None, list[Problem]]
                                                    "(soupsearch-eval-v1, smoke)")]
     if config.eval.subset and config.eval.subset < len(eval_set):
         eval_set = eval_set.subset(config.eval.subset, seed=config.search.seed)
-    return eval_set, []
+    problems: list[Problem] = []
+    searched = eval_set
+    try:
+        searched, _ = holdout_split(config, eval_set)
+    except ValueError as err:
+        problems.append(Problem("eval.holdout", str(err),
+                                f"lower or raise eval.holdout (0 disables it), or use more items (eval.subset, a "
+                                f"larger set) so each part keeps {MIN_PER_CATEGORY} of every category"))
+    return eval_set, problems + check_objectives(config, searched)
+
+
+def holdout_split(config: SearchConfig, eval_set: EvalSet) -> tuple[EvalSet, EvalSet]:
+    """(search items, held-out items) of the loaded and subset eval set under `eval.holdout`,
+    seeded with `search.seed`; `eval.holdout: 0` gives (eval_set, empty). ValueError (with the
+    counts per category) when a part would be too small; `check_eval_set` reports that first."""
+    return eval_set.holdout_split(config.eval.holdout, seed=config.search.seed)
+
+
+def check_objectives(config: SearchConfig, eval_set: EvalSet) -> list[Problem]:
+    """A match metric (exact_match, contains_answer) compares with the eval set's `answer` column:
+    on a set without one every trial would score NaN and fail, so say it before any model loads."""
+    if any(it.answer is not None for it in eval_set):
+        return []
+    return [Problem("search.objectives", f"{o} compares answers with the eval set's 'answer' column, but no "
+                                         f"item the search uses of {config.eval.set} has an answer",
+                    "add an 'answer' column (a short reference answer per item) or drop the objective")
+            for o in config.search.objectives if o in MATCH_METRICS]
 
 
 def check_judge(config: SearchConfig, eval_set: EvalSet | None) -> list[Problem]:
@@ -155,8 +186,9 @@ def _fmt(need: dict[str, float]) -> str:
 
 
 def check_inputs(config: SearchConfig, models: dict[str, str]) -> tuple[EvalSet | None, list[Problem]]:
-    """The checks that need no Ray: models, eval set (loaded and subset once, here) and judge.
-    Placement (`check_placement`) is added by the caller once Ray is up."""
+    """The checks that need no Ray: models, eval set (loaded and subset once, here; its hold-out
+    split and the objectives that read its columns checked) and judge. Placement
+    (`check_placement`) is added by the caller once Ray is up."""
     problems = check_models(models, allow_pickle=config.models.allow_pickle)
     eval_set, eval_problems = check_eval_set(config)
     return eval_set, problems + eval_problems + check_judge(config, eval_set)

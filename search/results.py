@@ -22,9 +22,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from rich.table import Table
 
-from search.constraints import Constraint, feasible
+from search.constraints import Constraint, feasible, score_of
 from search.pareto import dominates, hypervolume, non_dominated
 
 
@@ -68,7 +67,7 @@ def dominating_references(row: dict[str, Any], references: dict[str, dict[str, f
     simply shipping one of the sources; users must see that before they export it."""
     point = [float(row.get(o, math.nan)) for o in objectives]
     return [name for name, ref in references.items()
-            if dominates([float(ref.get(f"wtr.{o}", math.nan)) for o in objectives], point)]
+            if dominates([score_of(ref, o) for o in objectives], point)]
 
 
 def write_references(exp_dir: Path, references: dict[str, dict[str, float]]) -> None:
@@ -141,7 +140,7 @@ def _write_html(path: Path, rows, front: list[int], references, objectives: Sequ
                 legendgroup=label, showlegend=k == 0, marker={"color": color, "symbol": symbol, "size": 9},
                 text=[f"trial {rows[i]['trial_number']}: {rows[i].get('method')}" for i in idx]), row=r, col=c)
         fig.add_trace(go.Scatter(
-            x=[v.get(f"wtr.{x}") for v in references.values()], y=[v.get(f"wtr.{y}") for v in references.values()],
+            x=[score_of(v, x) for v in references.values()], y=[score_of(v, y) for v in references.values()],
             mode="markers+text", name="reference models", legendgroup="ref", showlegend=k == 0,
             text=list(references), textposition="top center", marker={"color": "black", "symbol": "x", "size": 11}),
             row=r, col=c)
@@ -150,18 +149,3 @@ def _write_html(path: Path, rows, front: list[int], references, objectives: Sequ
     fig.update_layout(title="soupsearch: win-tie rates of every trial (front in red, references as ×)",
                       height=380 * math.ceil(len(pairs) / cols))
     _atomic_write(path, lambda p: fig.write_html(p, include_plotlyjs=True))
-
-
-def front_table(rows, front: list[int], references, objectives: Sequence[str], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("trial", "method", *objectives, "merge s", "generate s", "beaten by"):
-        table.add_column(col)
-    for name, ref in references.items():
-        table.add_row(f"[dim]{name}[/dim]", "[dim]reference[/dim]",
-                      *[f"[dim]{ref.get(f'wtr.{o}', math.nan):.3f}[/dim]" for o in objectives], "", "", "")
-    for i in sorted(front, key=lambda i: rows[i]["trial_number"]):
-        r = rows[i]
-        table.add_row(str(r["trial_number"]), str(r.get("method")), *[f"{r[o]:.3f}" for o in objectives],
-                      f"{r.get('merge_s', math.nan):.2f}", f"{r.get('generate_s', math.nan):.1f}",
-                      ", ".join(dominating_references(r, references, objectives)))
-    return table

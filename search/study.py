@@ -70,6 +70,9 @@ def run_soups_study(config: SearchConfig, exp_dir: Path | None = None, *, resume
     from search.study_report import write_soups_report
 
     started = time.perf_counter()
+    # The soups study measures fixed merges and picks none, so no item is held back for a pick.
+    config = config.model_copy(deep=True)
+    config.eval.holdout = 0.0
     models = resolve_models(config, homogeneous=config.study.example_homogeneous)
     points = soup_points(config.study, models[1])  # before any expensive work: bad pairs fail fast
     exp = open_experiment(config, exp_dir, resume=resume, models=models)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from judges.eval_set import (
     BUNDLED_EVAL_SETS,
     MAX_REPORTED_ERRORS,
+    MIN_PER_CATEGORY,
     EvalItem,
     EvalSet,
     EvalSetError,
@@ -309,3 +311,127 @@ def test_eval_set_rejects_duplicate_items() -> None:
     it = EvalItem("x", "p", "g", "safe")
     with pytest.raises(ValueError, match="duplicate id 'x'"):
         EvalSet("dup", (it, it))
+
+
+# ---------------------------------------------------------------------------------------------
+# Content ids, the answer and facts columns
+
+
+def test_rows_without_id_get_stable_content_ids_said_once(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in _row(i).items() if k != "id"} for i in (1, 2)] + [_row(3)]
+    with pytest.warns(UserWarning, match=r"2 of 3 row\(s\) have no 'id'; they got content ids") as record:
+        s = load_eval_set(_write_jsonl(tmp_path / "a.jsonl", rows))
+    assert len([w for w in record if "content ids" in str(w.message)]) == 1
+    assert re.fullmatch(r"c-[0-9a-f]{12}", s[0].id) and s[2].id == "q3"
+    # Same content, same id: from another file format, with other whitespace and category case.
+    pd.DataFrame([{"prompt": " question 1? ", "gold": "answer 1.", "category": "SAFE"}]).to_csv(
+        tmp_path / "b.csv", index=False)
+    with pytest.warns(UserWarning, match="1 of 1 row"):
+        assert load_eval_set(tmp_path / "b.csv")[0].id == s[0].id
+    with pytest.warns(UserWarning):
+        other = load_eval_set(_write_jsonl(tmp_path / "c.jsonl", [dict(rows[0], gold="another answer.")]))
+    assert other[0].id != s[0].id
+
+
+def test_duplicate_content_without_ids_is_reported(tmp_path: Path) -> None:
+    row = {"prompt": "p?", "gold": "g.", "category": "safe"}
+    with pytest.raises(EvalSetError) as ei:
+        load_eval_set(_write_jsonl(tmp_path / "d.jsonl", [row, _row(2), dict(row, category="Safe")]))
+    [err] = _errors(ei)
+    assert err.startswith("row 3 (line 3): field 'id': duplicate content: same prompt, gold and category as row 1 "
+                          "(content id 'c-")
+    assert err.endswith("remove one or give both an id")
+
+
+def test_answer_and_facts_load_from_jsonl_csv_and_parquet(tmp_path: Path) -> None:
+    rows = [_row(1, answer="Paris", facts=["Rayleigh | scatter", "blue"]), _row(2, answer=42), _row(3)]
+    s = load_eval_set(_write_jsonl(tmp_path / "f.jsonl", rows))
+    assert (s[0].answer, s[0].facts) == ("Paris", ("Rayleigh|scatter", "blue"))
+    assert (s[1].answer, s[1].facts) == ("42", ())
+    assert (s[2].answer, s[2].facts) == (None, ())
+    assert s[0].to_record() == {**_row(1), "topic": "general", "answer": "Paris", "facts": ["Rayleigh|scatter", "blue"]}
+    assert "answer" not in s[2].to_record() and "facts" not in s[2].to_record()
+    assert not s[0].metadata  # typed columns, not extra metadata
+    for it in s:  # the record a trial rebuilds its items from (search.pool) gives the same item back
+        assert EvalItem.from_record(it.to_record(metadata=True)) == it
+    tagged = EvalItem("t", "p", "g", "safe", metadata={"difficulty": "hard"}, answer="a", facts=("f",))
+    assert dict(EvalItem.from_record(tagged.to_record(metadata=True)).metadata) == {"difficulty": "hard"}
+    # CSV: a JSON list, a ';'-separated string, or empty cells.
+    pd.DataFrame([_row(1, answer="Paris", facts='["Rayleigh|scatter", "blue"]'), _row(2, answer="42", facts=""),
+                  _row(3, answer="", facts="")]).to_csv(tmp_path / "f.csv", index=False)
+    assert load_eval_set(tmp_path / "f.csv").items == s.items
+    pd.DataFrame([_row(1, facts="Rayleigh|scatter; blue")]).to_csv(tmp_path / "g.csv", index=False)
+    assert load_eval_set(tmp_path / "g.csv")[0].facts == ("Rayleigh|scatter", "blue")
+    pd.DataFrame(s.to_records()).to_parquet(tmp_path / "f.parquet")  # a list column
+    assert load_eval_set(tmp_path / "f.parquet").items == s.items
+
+
+def test_hash_covers_answer_and_facts_only_when_present(tmp_path: Path) -> None:
+    plain = load_eval_set(_write_jsonl(tmp_path / "p.jsonl", [_row(1), _row(2, topic="x")]))
+    # The hash a set without the new columns always had (ids, prompts, golds, categories, topics).
+    import hashlib
+    h = hashlib.sha256(b"soupsearch-eval-set/v1\n")
+    for it in plain:
+        h.update(json.dumps([it.id, it.prompt, it.gold, it.category, it.topic]).encode() + b"\n")
+    assert plain.content_hash == h.hexdigest()
+    with_answer = load_eval_set(_write_jsonl(tmp_path / "a.jsonl", [_row(1, answer="a"), _row(2, topic="x")]))
+    with_facts = load_eval_set(_write_jsonl(tmp_path / "f.jsonl", [_row(1, facts=["a"]), _row(2, topic="x")]))
+    assert len({plain.content_hash, with_answer.content_hash, with_facts.content_hash}) == 3
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"facts": ["blue", " "]}, "field 'facts': fact 2 is empty"),
+    ({"facts": ["Rayleigh|", "blue"]}, "field 'facts': fact 1 ('Rayleigh|') has an empty alternative"),
+    ({"facts": [1, "blue"]}, "field 'facts': fact 1 must be a string, got int 1"),
+    ({"facts": 5}, "field 'facts': must be a list of strings or a ';'-separated string, got int 5"),
+    ({"facts": "[\"a\", "}, "field 'facts': invalid JSON list"),
+    ({"answer": ["Paris"]}, "field 'answer': must be a string, got list ['Paris']"),
+])
+def test_bad_answer_or_facts_name_the_row_and_field(tmp_path: Path, fields: dict, error: str) -> None:
+    with pytest.raises(EvalSetError) as ei:
+        load_eval_set(_write_jsonl(tmp_path / "x.jsonl", [_row(1), _row(2, **fields)]))
+    [err] = _errors(ei)
+    assert err.startswith(f"row 2 (line 2): {error}"), err
+
+
+# ---------------------------------------------------------------------------------------------
+# Hold-out split
+
+
+def test_holdout_split_is_seeded_stratified_and_keeps_order(bundled: EvalSet) -> None:
+    search, held = bundled.holdout_split(0.25, seed=3)
+    assert len(held) == round(0.25 * len(bundled)) and len(search) + len(held) == len(bundled)
+    assert set(search.ids).isdisjoint(held.ids) and set(search.ids) | set(held.ids) == set(bundled.ids)
+    order = {i: k for k, i in enumerate(bundled.ids)}
+    for part in (search, held):
+        assert [order[i] for i in part.ids] == sorted(order[i] for i in part.ids)
+    again = bundled.holdout_split(0.25, seed=3)
+    assert again[1].ids == held.ids and again[1].content_hash == held.content_hash
+    assert bundled.holdout_split(0.25, seed=4)[1].ids != held.ids
+    # Each category gets its share (largest remainder), each (category, topic) stratum ≈ its share.
+    for cat, n in bundled.counts_by_category().items():
+        assert abs(held.counts_by_category()[cat] - 0.25 * n) < 1
+    for (cat, topic), n in Counter((it.category, it.topic) for it in bundled).items():
+        assert abs(len(held.where(category=cat, topic=topic)) - 0.25 * n) < 1, (cat, topic)
+
+
+def test_holdout_zero_is_no_holdout(bundled: EvalSet) -> None:
+    search, held = bundled.holdout_split(0.0)
+    assert search is bundled and len(held) == 0
+    with pytest.raises(ValueError, match=r"hold-out fraction must be a number in \[0, 1\)"):
+        bundled.holdout_split(1.0)
+
+
+def test_holdout_too_small_says_what_each_category_would_get(bundled: EvalSet) -> None:
+    smoke = load_eval_set("smoke")  # 4 safe, 4 unsafe
+    with pytest.raises(ValueError) as ei:
+        smoke.holdout_split(0.25)
+    msg = str(ei.value)
+    assert "a hold-out of 0.25 leaves too few items of a category" in msg
+    assert "safe: 4 items -> 3 search, 1 held out" in msg and "unsafe: 4 items -> 3 search, 1 held out" in msg
+    assert f"at least {MIN_PER_CATEGORY} items of every category" in msg
+    search, held = smoke.holdout_split(0.5)
+    assert held.counts_by_category() == search.counts_by_category() == {"safe": 2, "unsafe": 2}
+    # A category the set does not have is not asked for.
+    safe_only = bundled.where(category="safe")
+    assert safe_only.holdout_split(0.25)[1].counts_by_category()["unsafe"] == 0

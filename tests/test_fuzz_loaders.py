@@ -338,7 +338,7 @@ def mutated_rows(draw: st.DrawFn, fmt: str) -> tuple[list[dict[str, Any]], str, 
     field = "id" if op == "duplicate" else draw(st.sampled_from(FIELDS))
     if op == "add":
         field = draw(st.text(min_size=1, max_size=8).filter(lambda k: k.strip() and k not in FIELDS))
-    must_fail = op == "duplicate" or (op == "delete" and field != "topic")
+    must_fail = op == "duplicate" or (op == "delete" and field not in ("topic", "id"))  # no id: a content id
     i = draw(st.integers(0, len(rows) - 1))
     if op == "duplicate":
         rows[i]["id"] = rows[(i + 1) % len(rows)]["id"]

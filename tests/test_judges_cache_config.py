@@ -70,6 +70,22 @@ def test_key_depends_on_everything_that_determines_a_verdict():
                      Order.BOTH) == base  # same content under another id is the same judgement
 
 
+def test_facts_and_reference_answer_enter_the_key_only_when_given():
+    import dataclasses
+    import hashlib
+    import json
+
+    item = _items(1)[0]
+    # An item without them keeps the key every cache written before them holds.
+    old = json.dumps(["v1", "judge", item.prompt, item.gold, item.answer, item.category, Order.BOTH.value],
+                     ensure_ascii=False)
+    assert cache_key("v1", "judge", item, Order.BOTH) == hashlib.sha256(old.encode()).hexdigest()
+    keys = {cache_key("v1", "judge", it, Order.BOTH) for it in (
+        item, dataclasses.replace(item, facts=("Paris",)), dataclasses.replace(item, facts=("Paris|Lutetia",)),
+        dataclasses.replace(item, reference_answer="Paris"))}
+    assert len(keys) == 4
+
+
 def test_only_ok_verdicts_are_stored(tmp_path):
     cache = VerdictCache(tmp_path / "v.sqlite")
     item = _items(1)[0]

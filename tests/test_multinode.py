@@ -109,7 +109,7 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
             "judging": {"judge": {"backend": "openai", "base_url": judge.url, "model": "flaky429",
                                   "api_key_env": KEY_ENV, "max_retries": 3, "backoff_s": 0.01,
                                   "backoff_max_s": 0.05, "both_orders": False, "timeout_s": 30}},
-            "eval": {"set": "smoke", "subset": 4},
+            "eval": {"set": "smoke", "subset": 4, "holdout": 0},
         }
         path = tmp_path / "search.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from search.config import SearchConfigError, parse_search_config
-from search.preflight import Problem, check_models, check_placement
+from search.preflight import Problem, check_inputs, check_models, check_placement, holdout_split
 from conftest import TINY_CONFIG, tiny_llama_state, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +94,24 @@ def test_check_command_lists_every_problem_and_starts_nothing(tiny_family, tmp_p
     assert "judging.judge: the judge did not answer a test request" in err
     assert "workers: 1 merge workers need {CPU: 1, GPU: 1} each" in err
     assert not (tmp_path / "runs").exists()  # no experiment folder for a search that never started
+
+
+def test_a_holdout_too_small_and_a_match_metric_without_answers_are_problems(tiny_family):
+    """eval.holdout and search.objectives problems come with the models' and the judge's, before
+    any model loads."""
+    config = parse_search_config({"models": {"base": str(tiny_family["base"]), "sources": {
+        "dpo": str(tiny_family["dpo"]), "kto": str(tiny_family["kto"])}},
+        "search": {"objectives": ["safety", "contains_answer"]}, "eval": {"set": "smoke"}})
+    eval_set, problems = check_inputs(config, {k: str(tiny_family[k]) for k in ("base", "dpo", "kto")})
+    assert len(eval_set) == 8
+    assert [p.where for p in problems] == ["eval.holdout", "search.objectives"]
+    assert "safe: 4 items -> 3 search, 1 held out" in problems[0].what and "eval.holdout" in problems[0].fix
+    assert "contains_answer compares answers with the eval set's 'answer' column" in problems[1].what
+    ok = config.model_copy(update={"eval": config.eval.model_copy(update={"holdout": 0.5}),
+                                   "search": config.search.model_copy(update={"objectives": ["safety"]})})
+    assert check_inputs(ok, {k: str(tiny_family[k]) for k in ("base", "dpo", "kto")})[1] == []
+    search, held = holdout_split(ok, eval_set)
+    assert len(search) == len(held) == 4
 
 
 def test_judge_gpus_and_tensor_parallel_engines_are_checked():

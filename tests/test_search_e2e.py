@@ -34,7 +34,7 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
         "search": {"sampler": "tpe", "n_trials": 5, "seed": 3, "objectives": OBJECTIVES},
         "workers": {"count": 1, "cpus": 2},
         "serving": {"backend": "transformers", "generation": {"max_tokens": 24, "batch_size": 8}},
-        "eval": {"set": "smoke"},
+        "eval": {"set": "smoke", "holdout": 0},  # 8 items: too few to hold any out
     })
     exp = run_search(config)
 
@@ -114,7 +114,7 @@ def test_resume_after_killing_the_driver_keeps_finished_trials(smollm_family, tm
         "space": {"methods": ["linear", "task_arithmetic"]},
         "search": {"sampler": "random", "n_trials": 5, "seed": 1},
         "serving": {"backend": "transformers", "generation": {"max_tokens": 16, "batch_size": 8}},
-        "eval": {"set": "smoke"},
+        "eval": {"set": "smoke", "holdout": 0},  # 8 items: too few to hold any out
     }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -166,7 +166,7 @@ def test_judge_answering_garbage_fails_trials_with_the_reason_and_the_search_com
             "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
             "judging": {"judge": {"backend": "openai", "base_url": judge.url, "model": "garbage",
                                   "api_key_env": None, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5}},
-            "eval": {"set": "smoke"},
+            "eval": {"set": "smoke", "holdout": 0},  # 8 items: too few to hold any out
         })
         exp = run_search(config)
     trials = pd.read_parquet(exp / "trials.parquet")
@@ -189,7 +189,7 @@ def test_greedy_soup_strategy_runs_through_the_same_workers_judge_and_files(smol
                                                                    "b": str(smollm_family["b"])}},
         "search": {"strategy": "greedy_soup", "objectives": OBJECTIVES},
         "serving": {"backend": "transformers", "generation": {"max_tokens": 8}},
-        "eval": {"set": "smoke"},
+        "eval": {"set": "smoke", "holdout": 0},  # 8 items: too few to hold any out
     }
     exp = run_search(parse_search_config(data))
     trials = pd.read_parquet(exp / "trials.parquet")

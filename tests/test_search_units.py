@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -61,6 +62,23 @@ def test_constraints_against_reference_models():
         parse_constraint("safety>=bestsource")
 
 
+def test_constraints_name_objectives_and_tell_optuna_how_far_they_are():
+    """Plain objective names first (answer metrics are objectives, not judge dimensions),
+    then wtr.<dim>; the violation is ≤ 0 exactly when the constraint holds."""
+    refs = {"base": {"wtr.safety": 0.9, "brevity": 0.2}, "dpo": {"wtr.safety": 0.7, "brevity": 0.5},
+            "kto": {"wtr.safety": 0.8, "brevity": 0.4}}
+    brevity = parse_constraint("brevity>=best_source", ["base", "dpo", "kto"], objectives=["safety", "brevity"])
+    assert brevity.threshold(refs) == 0.5
+    assert brevity.violation({"brevity": 0.45}, refs) == pytest.approx(0.05) and not brevity.holds({"brevity": 0.45}, refs)
+    assert brevity.violation({"brevity": 0.5}, refs) == 0.0 and brevity.holds({"brevity": 0.5}, refs)
+    safety = parse_constraint("safety<=base", ["base"])
+    assert safety.violation({"safety": 0.8, "wtr.safety": 0.1}, refs) == pytest.approx(-0.1)  # plain name first
+    assert safety.violation({"wtr.safety": 0.95}, refs) == pytest.approx(0.05)
+    assert safety.violation({"wtr.safety": math.nan}, refs) == 1.0  # unknown: violated, never NaN (Optuna refuses it)
+    with pytest.raises(ValueError, match="unknown dimension 'brevity'.*objective or a judge dimension"):
+        parse_constraint("brevity>=0.5", objectives=["safety"])
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(SearchConfigError, match=r"space\.methods.*unknown merge method\(s\) \['tiez'\]"):
         parse_search_config({"models": {"example": True}, "space": {"methods": ["tiez"]}})
@@ -82,6 +100,26 @@ def test_config_errors_name_the_field():
     assert shared.serving.engine.gpu_memory_utilization == 0.45
 
 
+def test_objectives_may_be_dimensions_builtin_metrics_or_user_functions(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))  # as from the repository root
+    objectives = ["safety", "contains_answer", "tests.objective_fns:mentions_prompt_word"]
+    config = parse_search_config({"models": {"example": True}, "search": {"objectives": objectives}})
+    assert config.search.objectives == objectives
+    for bad, reason in [("tests.objective_fns:one_argument", r"must take two positional arguments"),
+                        ("tests.no_such_module:fn", r"cannot import module 'tests\.no_such_module'"),
+                        ("exact_mtach", r"unknown objective\(s\) \['exact_mtach'\].*built-in metric "
+                                        r"\(exact_match, contains_answer")]:
+        with pytest.raises(SearchConfigError, match=rf"search\.objectives: .*{reason}"):
+            parse_search_config({"models": {"example": True}, "search": {"objectives": ["safety", bad]}})
+
+
+def test_eval_holdout_is_a_fraction_up_to_a_half():
+    assert parse_search_config({"models": {"example": True}}).eval.holdout == 0.25
+    assert parse_search_config({"models": {"example": True}, "eval": {"holdout": 0}}).eval.holdout == 0
+    with pytest.raises(SearchConfigError, match=r"eval\.holdout"):
+        parse_search_config({"models": {"example": True}, "eval": {"holdout": 0.6}})
+
+
 def test_space_turns_fixed_parameters_into_the_exact_plan():
     space = parse_search_config({"models": {"example": True},
                                  "space": {"layer_curve": {"knots": 2}, "module_multipliers": {"modules": ["attn"]}}}
@@ -91,12 +129,22 @@ def test_space_turns_fixed_parameters_into_the_exact_plan():
                                      "density": 0.4})
     plan = suggest_plan(trial, space, SOURCES, "base", n_layers=30)
     assert plan["merge_method"] == "ties" and plan["base_model"] == "base"
-    assert plan["parameters"] == {"lambda": 1.2}
+    # TIES divides by the sum of the weights: the curve and the multiplier scale λ, not the weights
+    assert plan["parameters"] == {"lambda": [{"filter": "attn", "value": [0.9, 2.7]}, {"value": [0.6, 1.8]}]}
     dpo = plan["models"][0]["parameters"]
-    assert dpo["density"] == 0.4
-    assert dpo["weight"] == [{"filter": "attn", "value": [0.15, 0.45]}, {"value": [0.1, 0.3]}]
-    assert plan["models"][2]["parameters"]["weight"][1]["value"] == [0.3, 0.9]
+    assert dpo == {"weight": 0.2, "density": 0.4}
+    assert plan["models"][2]["parameters"]["weight"] == 0.6
+    assert "seed" not in plan
     parse_plan(plan)  # a valid mergekit-schema plan
+
+
+def test_randomised_methods_get_the_configured_merge_seed():
+    space = parse_search_config({"models": {"example": True}}).space
+    trial = optuna.trial.FixedTrial({"method": "dare_ties", "w.dpo": 0.2, "w.kto": 0.2, "w.orpo": 0.6,
+                                     "scale": 1.0, "density": 0.4})
+    assert suggest_plan(trial, space, SOURCES, "base", n_layers=30, merge_seed=11)["seed"] == 11
+    settings = parse_search_config({"models": {"example": True}, "search": {"merge_seed": 5}}).search
+    assert settings.merge_seed == 5 and settings.population is None
 
 
 def test_slerp_uses_a_pair_and_lambda_as_t():

@@ -29,7 +29,7 @@ def _config(family: dict[str, Path], tmp_path: Path, name: str, **extra) -> dict
         "models": {"base": str(family["base"]), "sources": {k: str(v) for k, v in family.items() if k != "base"}},
         "workers": {"count": 1, "cpus": 2},
         "serving": {"backend": "transformers", "generation": {"max_tokens": 8, "batch_size": 4}},
-        "eval": {"set": "smoke", "subset": 4},
+        "eval": {"set": "smoke", "subset": 4, "holdout": 0},
         **extra,
     }
 
