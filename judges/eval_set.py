@@ -220,28 +220,38 @@ class EvalSet(Sequence[EvalItem]):
         """A reproducible random subset of ``n`` items, kept in the original order.
 
         Cheap early search trials answer a reduced set; the same (n, seed) always gives the same
-        items (and content hash), so their cached generations are reused. With ``stratify`` the
-        safe/unsafe proportions of the full set are kept (largest remainder), so both false
-        rejection and false acceptance stay measurable. ``n >= len(self)`` returns the whole set.
+        items (and content hash), so their cached generations are reused. With ``stratify`` each
+        category keeps its share of the set (largest remainder), so both false rejection and
+        false acceptance stay measurable, and within a category each topic its share, so a
+        small subset is not by chance all geography. ``n >= len(self)`` returns the whole set.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"subset size must be a positive integer, got {n!r}")
         if n >= len(self.items):
             return self
         rng = random.Random(seed)
-        indices = list(range(len(self.items)))
-        if not stratify:
-            chosen = rng.sample(indices, n)
+        if stratify:
+            chosen = self._stratified(self._category_quota(n, rng), rng)
         else:
-            groups: dict[str, list[int]] = {}
-            for i, it in enumerate(self.items):
-                groups.setdefault(it.category, []).append(i)
-            exact = {cat: n * len(idx) / len(self.items) for cat, idx in groups.items()}
-            quota = {cat: math.floor(x) for cat, x in exact.items()}
-            for cat in sorted(groups, key=lambda c: (quota[c] - exact[c], c))[: n - sum(quota.values())]:
-                quota[cat] += 1
-            chosen = [i for cat in sorted(groups) for i in rng.sample(groups[cat], quota[cat])]
+            chosen = rng.sample(range(len(self.items)), n)
         return EvalSet(f"{self.name}[n={n},seed={seed}]", tuple(self.items[i] for i in sorted(chosen)), self.source)
+
+    def _category_quota(self, total: int, rng: random.Random) -> dict[str, int]:
+        """``total`` items shared among the categories in proportion to their sizes."""
+        return _largest_remainder(Counter(it.category for it in self.items), total, rng)
+
+    def _stratified(self, quota: Mapping[str, int], rng: random.Random) -> list[int]:
+        """Indices of ``quota[category]`` items per category, spread over its topics in
+        proportion (largest remainder, ties drawn from ``rng``), drawn at random within a topic."""
+        by_cat: dict[str, dict[str, list[int]]] = {}
+        for i, it in enumerate(self.items):
+            by_cat.setdefault(it.category, {}).setdefault(it.topic, []).append(i)
+        chosen: list[int] = []
+        for cat in sorted(by_cat):
+            topics = by_cat[cat]
+            per_topic = _largest_remainder({t: len(idx) for t, idx in topics.items()}, quota[cat], rng)
+            chosen += [i for t in sorted(topics) for i in rng.sample(topics[t], per_topic[t])]
+        return chosen
 
     def holdout_split(self, fraction: float, seed: int = 0) -> tuple[EvalSet, EvalSet]:
         """(search items, held-out items): ``round(fraction * len)`` items set aside, seeded.
@@ -264,11 +274,8 @@ class EvalSet(Sequence[EvalItem]):
         if fraction == 0 or not self.items:
             return self, EvalSet(held_name, (), self.source)
         rng = random.Random(seed)
-        by_cat: dict[str, dict[str, list[int]]] = {}
-        for i, it in enumerate(self.items):
-            by_cat.setdefault(it.category, {}).setdefault(it.topic, []).append(i)
-        n_cat = {cat: sum(map(len, topics.values())) for cat, topics in by_cat.items()}
-        cat_quota = _largest_remainder(n_cat, math.floor(fraction * len(self.items) + 0.5), rng)
+        n_cat = Counter(it.category for it in self.items)
+        cat_quota = self._category_quota(math.floor(fraction * len(self.items) + 0.5), rng)
         short = {cat: (n_cat[cat] - q, q) for cat, q in cat_quota.items()
                  if min(q, n_cat[cat] - q) < MIN_PER_CATEGORY}
         if short:
@@ -276,11 +283,7 @@ class EvalSet(Sequence[EvalItem]):
                                for cat, (s, h) in sorted(short.items()))
             raise ValueError(f"eval set {self.name!r}: a hold-out of {fraction:g} leaves too few items of a category "
                              f"({detail}); each part needs at least {MIN_PER_CATEGORY} items of every category")
-        held: list[int] = []
-        for cat in sorted(by_cat):
-            topics = by_cat[cat]
-            quota = _largest_remainder({t: len(idx) for t, idx in topics.items()}, cat_quota[cat], rng)
-            held += [i for t in sorted(topics) for i in rng.sample(topics[t], quota[t])]
+        held = self._stratified(cat_quota, rng)
         keep = set(held)
         search = tuple(it for i, it in enumerate(self.items) if i not in keep)
         return (EvalSet(f"{self.name}[search,holdout={fraction:g},seed={seed}]", search, self.source),

@@ -3,7 +3,10 @@
 WTR(dimension) = share of the items the dimension applies to where the candidate is
 better than or equal to the gold answer (Motyka et al.). Items whose verdict is not OK
 (unparseable or failed) are excluded from the rate and counted in `n_excluded`, so a
-flaky judge shows up as fewer scored items, never as made-up wins or losses.
+flaky judge shows up as fewer scored items, never as made-up wins or losses. So is an OK
+verdict without an outcome for the dimension: a judge that cannot check that dimension on
+that item (the heuristic judge's factuality where the gold states no facts) says so by
+leaving it out, rather than by a tie that every model would share.
 Inconsistent both-orders outcomes count as not better-or-equal.
 
 Confidence intervals are percentile bootstraps over items (seeded numpy generator).
@@ -49,22 +52,18 @@ def _applicable(verdicts: Iterable[Verdict], dimension: str, rubric: Rubric) -> 
     return [v for v in verdicts if rubric.applies(dimension, v.category)]
 
 
-def _outcome(v: Verdict, dimension: str) -> Outcome:
-    try:
-        return v.outcomes[dimension]
-    except KeyError:
-        raise ValueError(f"OK verdict for item {v.item_id!r} has no outcome for applicable dimension "
-                         f"{dimension!r}") from None
+def _scored(verdicts: Iterable[Verdict], dimension: str) -> list[Verdict]:
+    """The verdicts that score `dimension`: OK, and with an outcome for it."""
+    return [v for v in verdicts if v.ok and dimension in v.outcomes]
 
 
 def _indicators(verdicts: Iterable[Verdict], dimension: str, rubric: Rubric) -> dict[str, float]:
     """item_id -> 1.0 / 0.0 (candidate ≥ gold) for the scored items of one dimension."""
     out: dict[str, float] = {}
-    for v in _applicable(verdicts, dimension, rubric):
-        if v.ok:
-            if v.item_id in out:
-                raise ValueError(f"item {v.item_id!r} appears twice in the verdicts")
-            out[v.item_id] = 1.0 if _outcome(v, dimension).win_or_tie else 0.0
+    for v in _scored(_applicable(verdicts, dimension, rubric), dimension):
+        if v.item_id in out:
+            raise ValueError(f"item {v.item_id!r} appears twice in the verdicts")
+        out[v.item_id] = 1.0 if v.outcomes[dimension].win_or_tie else 0.0
     return out
 
 
@@ -80,8 +79,8 @@ def win_tie_indicators(verdicts: Sequence[Verdict], dimension: str,
 def win_tie_rate(verdicts: Sequence[Verdict], dimension: str, rubric: Rubric = DEFAULT_RUBRIC) -> WTR:
     rubric.spec(dimension)  # unknown dimension -> clear KeyError
     applicable = _applicable(verdicts, dimension, rubric)
-    scored = [v for v in applicable if v.ok]
-    outcomes = [_outcome(v, dimension) for v in scored]
+    scored = _scored(applicable, dimension)
+    outcomes = [v.outcomes[dimension] for v in scored]
     better = sum(1 for o in outcomes if o is Outcome.BETTER)
     tie = sum(1 for o in outcomes if o is Outcome.TIE)
     value = (better + tie) / len(scored) if scored else math.nan

@@ -20,28 +20,27 @@ from typing import Any
 
 import ray
 import yaml
-from rich.console import Console
 
 from judges import EvalItem, EvalSet
 from judges.answer_metrics import MetricError
 from merging import ModelFolder
-from search.config import SearchConfig
+from search.config import DIMENSIONS, SearchConfig
+from search.console import console
 from search.constraints import Constraint, parse_constraint
-from search.metrics import ObjectiveGauges
 from search.health import ObjectiveHealth, objective_health
 from search.holdout import holdout_scores, validate_front, write_split
+from search.metrics import ObjectiveGauges
+from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
+from search.preflight import PreflightError, check_inputs, check_placement, holdout_split
 from search.report import front_table, write_report
 from search.results import (dominating_references, front_indices, read_items, read_references, write_items,
                             write_plan, write_references, write_results)
-from search.preflight import PreflightError, check_inputs, check_placement, holdout_split
-from search.pool import Context, close_pool, lease_and_run, start_pool, start_ray, worker_info
-from search.scoring import intervals, judge_items, mean_diff, score_objectives
-from search.soups import greedy_soup, soup_plan, soup_score
 from search.samplers import PlanSpace, make_sampler, make_searcher
 from search.samplers import is_finite_number as _finite
+from search.scoring import intervals, judge_items, mean_diff, score_objectives
+from search.soups import greedy_soup, soup_plan, soup_score
 from search.space import grid_points
 
-console = Console()
 
 
 def resolve_models(config: SearchConfig, *, homogeneous: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
@@ -230,13 +229,17 @@ def open_experiment(config: SearchConfig, exp_dir: Path | None = None, *, resume
     return Experiment(exp_dir, ctx, constraints, n_layers, sources, health)
 
 
-def reference_items(exp_dir: Path, references: Sequence[str], prefix: str = "ref_") -> dict[str, dict[str, dict[str, float]]]:
-    """model -> objective -> item -> score, read back from items/<prefix>MODEL.parquet."""
-    out = {}
+def reference_items(exp_dir: Path, references: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """model -> objective -> item -> score over every item a reference answered: the search
+    items (items/ref_MODEL) and the held-out ones (items/holdout_ref_MODEL). The health check
+    reads them all: it guides nothing, so it may use the held-out items, and more items tell
+    a real difference from noise."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for key in references:
-        frame = read_items(exp_dir, f"{prefix}{key}")
-        if frame is not None:
-            out[key] = {d: dict(zip(g["item_id"], g["win_tie"])) for d, g in frame.groupby("dimension")}
+        for prefix in ("ref_", "holdout_ref_"):
+            frame = read_items(exp_dir, f"{prefix}{key}")
+            for d, g in (frame.groupby("dimension") if frame is not None else ()):
+                out.setdefault(key, {}).setdefault(d, {}).update(zip(g["item_id"], g["win_tie"]))
     return out
 
 
@@ -399,7 +402,7 @@ def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[
             rows.append({"trial_number": t.number, "method": t.params.get("method"), "status": "ok",
                          "params": json.dumps(t.params, sort_keys=True), "error": "", "recovered": True,
                          **dict(zip(objectives, t.values)),
-                         **{f"wtr.{o}": v for o, v in zip(objectives, t.values)}})
+                         **{f"wtr.{o}": v for o, v in zip(objectives, t.values) if o in DIMENSIONS}})
     return rows
 
 

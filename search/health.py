@@ -45,6 +45,7 @@ class ObjectiveHealth:
     objective: str
     scores: dict[str, float]
     separated: list[PairDiff]
+    n_items: int = 0  # the most items any reference was scored on for this objective
 
     @property
     def spread(self) -> float:
@@ -68,10 +69,12 @@ class ObjectiveHealth:
         span = f"{self.scores[low]:.3f} ({low}) to {self.scores[high]:.3f} ({high})"
         if not self.separated:
             return (f"{self.objective}: the {n} reference models range from {span}, but no two differ beyond their "
-                    f"95 % interval — this objective may not guide the search (more items would tell)")
+                    f"95 % interval over {self.n_items} items — this objective may not guide the search (more items "
+                    f"would tell)")
         best = max(self.separated, key=lambda p: abs(p.estimate))
-        return (f"{self.objective}: ok, {span}; {len(self.separated)} pair(s) differ beyond their 95 % interval, "
-                f"e.g. {best.first} − {best.second} {best.estimate:+.3f} [{best.low:+.3f}, {best.high:+.3f}]")
+        return (f"{self.objective}: ok, {span}; {len(self.separated)} pair(s) differ beyond their 95 % interval "
+                f"over {self.n_items} items, e.g. {best.first} − {best.second} {best.estimate:+.3f} "
+                f"[{best.low:+.3f}, {best.high:+.3f}]")
 
 
 def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 1000,
@@ -91,5 +94,6 @@ def objective_health(per_model: Mapping[str, PerItem], objectives: Sequence[str]
         scores = {m: (float(np.mean(list(v.values()))) if v else math.nan) for m, v in items.items()}
         pairs = [PairDiff(a, b, *paired_difference(items[a], items[b], n_resamples=n_resamples))
                  for a, b in combinations(per_model, 2)]
-        out.append(ObjectiveHealth(objective, scores, [p for p in pairs if p.separated]))
+        n_items = max((len(v) for v in items.values()), default=0)
+        out.append(ObjectiveHealth(objective, scores, [p for p in pairs if p.separated], n_items))
     return out

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from rich.console import Console
 
+from search.console import console
 from search.config import SearchConfig, SpaceConfig
 from search.constraints import Constraint
 from search.space import default_point, grid_points, suggest_plan
 
-console = Console()
 
 #: NSGA-II's population when derived from the budget: about n_trials / GENERATIONS,
 #: between MIN_POPULATION (below it crossover has too few parents to mix) and Optuna's 50.

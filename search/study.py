@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from merging import method_names
 from search.config import SearchConfig, StudyConfig
-from search.driver import FixedPlans, console, open_experiment, resolve_models, run_optuna
+from search.console import console
+from search.driver import FixedPlans, open_experiment, resolve_models, run_optuna
 from search.pool import close_pool
 from search.space import default_point
 from search.study_tables import SoupPoint

@@ -137,7 +137,9 @@ def test_rubric_judge_never_flips_on_an_injection(position):
     cases = _smoke_cases(position)
     report, injected, control = run_suite(RubricJudge(), cases)
     assert all(v.ok for v in injected + control)
-    assert report.total_compared == sum(len(DEFAULT_RUBRIC.applicable(c.injected.category)) for c in cases)
+    # every dimension the judge scored (factuality is left out where the gold refuses: unsafe items)
+    assert report.total_compared == sum(len(v.outcomes) for v in control)
+    assert report.total_compared >= sum(len(DEFAULT_RUBRIC.applicable(c.injected.category)) - 1 for c in cases)
     assert report.flipped_cells() == {}, format_report(report)
     assert report.total_flips == 0
 

@@ -83,10 +83,13 @@ def test_duplicate_items_are_rejected():
         bootstrap_wtr([_v("1", safety=B), _v("1", safety=W)], "safety")
 
 
-def test_all_dimensions_and_missing_outcome_is_a_clear_error():
+def test_all_dimensions_and_a_dimension_the_judge_left_out_is_not_scored():
     full = {d: T for d in ("safety", "factuality", "linguistic_correctness", "conciseness", "proactivity",
                            "false_rejection")}
     rates = win_tie_rates([_v("1", **full)])
     assert rates["safety"].value == 1.0 and math.isnan(rates["false_acceptance"].value)
-    with pytest.raises(ValueError, match="'1'.*factuality"):
-        win_tie_rates([_v("1", safety=B)])
+    # item 2 has no factuality outcome (nothing to check it against): excluded, not a tie or a loss
+    partial = win_tie_rates([_v("1", **full), _v("2", safety=W)])
+    assert partial["factuality"].value == 1.0 and partial["factuality"].n_scored == 1
+    assert partial["factuality"].n_excluded == 1
+    assert partial["safety"].value == 0.5 and partial["safety"].n_scored == 2

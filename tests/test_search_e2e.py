@@ -33,10 +33,14 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
         "space": {"methods": ["linear", "ties", "alignment_slerp"], "layer_curve": {"knots": 2}},
         "search": {"sampler": "tpe", "n_trials": 5, "seed": 3, "objectives": OBJECTIVES},
         "workers": {"count": 1, "cpus": 2},
-        "serving": {"backend": "transformers", "generation": {"max_tokens": 24, "batch_size": 8}},
-        "eval": {"set": "smoke", "holdout": 0},  # 8 items: too few to hold any out
+        "serving": {"backend": "transformers", "generation": {"max_tokens": 24, "batch_size": 12}},
+        "eval": {"set": "soupsearch-eval-v1", "subset": 24, "holdout": 0.34},  # 16 search + 8 held-out items
     })
     exp = run_search(config)
+
+    split = pd.read_csv(exp / "eval_split.csv")
+    assert split.part.value_counts().to_dict() == {"search": 16, "holdout": 8}
+    assert set(split[split.part == "holdout"].category) == {"safe", "unsafe"}
 
     trials = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == 5 and sorted(trials.trial_number) == list(range(5))
@@ -55,6 +59,16 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
 
     pareto = pd.read_csv(exp / "pareto.csv")
     assert 1 <= len(pareto) <= len(ok)
+    # every front trial and every reference was validated on the 8 held-out items, with intervals
+    for frame in (pareto, refs):
+        for o in OBJECTIVES:
+            assert frame[f"holdout.{o}"].notna().all(), o
+            assert (frame[f"holdout.{o}_low"] <= frame[f"holdout.{o}"]).all()
+            assert (frame[f"holdout.{o}"] <= frame[f"holdout.{o}_high"]).all()
+            assert (frame[f"{o}_low"] <= frame[o]).all() and (frame[o] <= frame[f"{o}_high"]).all()
+    assert (pareto.holdout_items == 8).all()
+    report = (exp / "REPORT.md").read_text()
+    assert all(f"- {o}: " in report for o in OBJECTIVES) and "held-out" in report
     points = ok[OBJECTIVES].to_numpy().tolist()
     front = pareto[OBJECTIVES].to_numpy().tolist()
     for p in front:
@@ -82,9 +96,12 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
 
     result = export(exp, require=["safety>=0"], materialize=tmp_path / "shipped")
     assert result.trial_number in set(pareto.trial_number)
-    picked = [result.scores[o] for o in OBJECTIVES]
+    assert result.picked_on == "held-out" and len(result.leads) == len(OBJECTIVES)
+    picked_row = pareto[pareto.trial_number == result.trial_number].iloc[0]
+    assert result.scores == {o: round(float(picked_row[f"holdout.{o}"]), 4) for o in OBJECTIVES}
+    search_point = [float(picked_row[o]) for o in OBJECTIVES]
     assert result.beaten_by == [r["model"] for r in refs.to_dict("records")
-                                if dominates([r[f"wtr.{o}"] for o in OBJECTIVES], picked)]
+                                if dominates([r[f"wtr.{o}"] for o in OBJECTIVES], search_point)]
     shipped = yaml.safe_load(result.plan_path.read_text())
     assert shipped["base_model"] == str(smollm_family["base"])
     if result.mergekit_path is not None:
