@@ -21,6 +21,7 @@ import torch
 
 from judges.eval_set import EvalItem, load_eval_set
 from judges.heuristic import has_follow_up, is_refusal, words
+from serving.base import resolve_dtype
 
 __all__ = ["HELDOUT_EXTRA_IDS", "Behaviour", "generate_answers", "heldout_items", "measure", "profile_model"]
 
@@ -75,7 +76,9 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], max_new_tokens: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # bf16 where the CPU computes it natively (faster there), else float32 (serving's own rule)
+    dtype = torch.float32 if resolve_dtype("auto", on_cpu=True) == "float32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
              for p in prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

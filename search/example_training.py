@@ -30,6 +30,7 @@ import torch
 
 from merging.checkpoint import ModelFolder
 from merging.writer import write_model
+from serving.base import cpu_has_native_bf16
 from search.example_preferences import SLANTS, PreferenceSet, kto_rows, paired_rows
 
 __all__ = ["DEFAULT_SETTINGS", "METHODS", "METADATA_FILE", "TrainingSettings", "read_metadata", "train_variant"]
@@ -69,17 +70,8 @@ class TrainingSettings:
         return replace(self, steps=steps, warmup_steps=min(self.warmup_steps, max(steps - 1, 0)))
 
 
-def native_bf16() -> bool:
-    """Does this CPU compute bf16 natively (AVX512_BF16 or AMX)? Then bf16 autocast pays off;
-    elsewhere it is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: be conservative
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-_PRECISION = "bf16" if native_bf16() else "fp32"
+#: bf16 autocast where the CPU computes bf16 natively (~1.9x faster there), float32 elsewhere.
+_PRECISION = "bf16" if cpu_has_native_bf16() else "fp32"
 DEFAULT_SETTINGS: dict[str, TrainingSettings] = {
     "dpo": TrainingSettings("dpo", steps=20, learning_rate=5e-5, beta=0.1, sft_weight=1.0, mixed_precision=_PRECISION),
     # 20 KTO steps left 1 answer in 12 with a follow-up offer (held-out, greedy): proactivity then

@@ -38,6 +38,13 @@ from search.space import default_point, grid_points, suggest_plan
 GENERATIONS = 4
 MIN_POPULATION = 4
 MAX_POPULATION = 50
+TPE_STARTUP = 10  # Optuna's default n_startup_trials
+
+
+def tpe_startup_trials(n_trials: int) -> int:
+    """Random trials before TPE models anything: Optuna's 10, or a third of a smaller budget
+    (at least 3), so a 10-trial search is not random search from start to end."""
+    return min(TPE_STARTUP, max(3, n_trials // 3))
 
 
 def nsga2_population(n_trials: int, population: int | None = None) -> int:
@@ -67,7 +74,10 @@ def make_sampler(config: SearchConfig, sources: list[str]) -> optuna.samplers.Ba
     s = config.search
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's `group`
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True)
+        startup = tpe_startup_trials(s.n_trials)
+        console.print(f"sampler: TPE, {startup} random start-up trial(s) of {s.n_trials}")
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=startup)
     if s.sampler == "nsga2":
         population = nsga2_population(s.n_trials, s.population)
         how = "search.population" if s.population is not None else f"from n_trials = {s.n_trials}"

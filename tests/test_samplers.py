@@ -15,7 +15,7 @@ import pytest
 from search.config import parse_search_config
 from search.constraints import parse_constraint
 from search.samplers import (PlanSpace, evolved_parameters, make_sampler, make_searcher, nsga2_population,
-                             record_constraints)
+                             record_constraints, tpe_startup_trials)
 from search.space import grid_points
 
 SOURCES = ["dpo", "kto"]
@@ -65,6 +65,12 @@ def test_population_follows_the_budget():
     assert nsga2_population(24, 10) == 10
     sampler = make_sampler(parse_search_config({"models": {"example": True}, "search": {"sampler": "nsga2"}}), SOURCES)
     assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 6
+
+
+def test_tpe_starts_modelling_within_a_small_budget():
+    assert tpe_startup_trials(10) == 3 and tpe_startup_trials(24) == 8 and tpe_startup_trials(200) == 10
+    sampler = make_sampler(parse_search_config({"models": {"example": True}, "search": {"n_trials": 12}}), SOURCES)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 4
 
 
 def test_nsga2_evolves_only_the_parameters_every_method_has(capsys):
