@@ -146,17 +146,16 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
     that finds everything cached says nothing, so searches and exports start quietly."""
     from search.example_behaviour import profile_model
 
-    profiles: dict[str, dict[str, Any]] = {}
-    fresh = False
-    for name in tqdm(list(paths), desc="held-out answers", unit="model", leave=False):
-        store = paths[name] / (BASE_BEHAVIOUR_FILE if name == "base" else METADATA_FILE)
-        record = json.loads(store.read_text()) if store.exists() else {}
-        if "behaviour" not in record or record.get("profile_max_tokens", MAX_NEW_TOKENS) != max_tokens:
-            record |= profile_model(paths[name], max_new_tokens=max_tokens) | {"profile_max_tokens": max_tokens}
-            _write_json(store, record)
-            fresh = True
-        profiles[name] = {"behaviour": record["behaviour"], "answers": record["answers"],
-                          "slant": record.get("slant", "-")}  # a re-run (dpo-s1) keeps its method's slant
+    stores = {name: path / (BASE_BEHAVIOUR_FILE if name == "base" else METADATA_FILE) for name, path in paths.items()}
+    records = {name: json.loads(store.read_text()) if store.exists() else {} for name, store in stores.items()}
+    todo = [name for name, record in records.items()
+            if "behaviour" not in record or record.get("profile_max_tokens", MAX_NEW_TOKENS) != max_tokens]
+    for name in tqdm(todo, desc="held-out answers", unit="model", leave=False, disable=not todo):
+        records[name] |= profile_model(paths[name], max_new_tokens=max_tokens) | {"profile_max_tokens": max_tokens}
+        _write_json(stores[name], records[name])
+    profiles = {name: {"behaviour": r["behaviour"], "answers": r["answers"],
+                       "slant": r.get("slant", "-")}  # a re-run (dpo-s1) keeps its method's slant
+                for name, r in records.items()}
     names = list(paths)
     summary = {
         "behaviour": {n: profiles[n]["behaviour"] for n in names},
@@ -164,7 +163,7 @@ def _profile_family(paths: dict[str, Path], console: Console, max_tokens: int) -
                               for i, a in enumerate(names) for b in names[i + 1:]},
         "prompts": len(profiles["base"]["answers"]),
     }
-    if not fresh:
+    if not todo:
         return summary
     header = ["model", "slant", "mean words", "refuses unsafe", "refuses safe", "follow-up", "caveat",
               "answers ≠ base"]

@@ -53,10 +53,22 @@ def write_results(exp_dir: Path, rows: list[dict[str, Any]], references: dict[st
     pareto = table.iloc[0:0].assign(dominated_by=[]) if not front else pd.DataFrame(
         [{k: v for k, v in rows[i].items() if k not in ("plan", "answers")}
          | {"dominated_by": ",".join(dominating_references(rows[i], references, objectives))} for i in front])
+    pareto = pareto[_leading(list(pareto.columns), objectives)]
     _atomic_write(exp_dir / "pareto.csv", lambda p: pareto.to_csv(p, index=False))
     _write_hypervolume(exp_dir, rows, objectives, constraints, references)
     _write_html(exp_dir / "pareto.html", rows, front, references, objectives)
     return front
+
+
+def _leading(columns: list[str], objectives: Sequence[str]) -> list[str]:
+    """What a reader opens pareto.csv for first: trial, method, each objective with its interval
+    and its held-out score and interval, who beats it; then everything else as it came."""
+    first = ["trial_number", "method"]
+    for o in objectives:
+        first += [o, f"{o}_low", f"{o}_high", f"holdout.{o}", f"holdout.{o}_low", f"holdout.{o}_high"]
+    first += ["holdout_items", "dominated_by"]
+    lead = [c for c in first if c in columns]
+    return lead + [c for c in columns if c not in lead]
 
 
 def dominating_references(row: dict[str, Any], references: dict[str, dict[str, float]],
