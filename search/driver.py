@@ -358,7 +358,9 @@ def _finish(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started:
     and REPORT.md and print the final table."""
     ctx = recorder.ctx
     front = front_indices(recorder.rows, ctx.objectives, recorder.constraints, ctx.references)
-    validate_front(ctx, exp_dir, recorder.rows, front, evaluate_plan)
+    validate_front(ctx, exp_dir, recorder.rows, front, evaluate_plan,
+                   saved=lambda: write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives,
+                                               recorder.constraints))
     front = write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives, recorder.constraints)
     table = recorder.show(front, f"final Pareto front ({len(front)} of {len(recorder.rows)} trials, "
                                  f"{(time.perf_counter() - started) / 60:.1f} min; 95 % intervals over items)")

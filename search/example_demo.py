@@ -1,7 +1,7 @@
-"""The default command until the search lands: every merge method on the real example family.
+"""`run_search.py demo`: every merge method once on the real example family, timed (no search).
 
 Prepares (once) the base and its DPO/KTO/ORPO variants, loads them once into a resident
-`Merger` (as a search worker will), merges one plan per registered method in memory,
+`Merger` (as a search worker does), merges one plan per registered method in memory,
 times each, writes one merged model folder (alignment SLERP of the DPO and KTO variants,
 as in the heterogeneous-soups study) and has transformers answer a few chat prompts with
 the base, the variants and the merge side by side.

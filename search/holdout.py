@@ -38,12 +38,13 @@ def holdout_scores(metrics: dict[str, float], per_item: dict[str, dict[str, floa
 
 
 def validate_front(ctx: Context, exp_dir: Path, rows: list[dict[str, Any]], front: Sequence[int],
-                   evaluate: Evaluate) -> int:
+                   evaluate: Evaluate, saved: Callable[[], Any] = lambda: None) -> int:
     """Answer and judge the held-out items with every front trial that has no held-out scores
     yet (a resumed run validates only what is new); returns how many were validated now.
 
     `evaluate(ctx, plan)` is the search's own trial (merge, swap, generate, judge), so the
-    held-out numbers mean exactly what the search numbers mean."""
+    held-out numbers mean exactly what the search numbers mean; `saved()` is called after each
+    trial (the driver rewrites the result files), so a crash loses at most the one running."""
     held = ctx.on_holdout()
     todo = [i for i in front if not has_holdout(rows[i], ctx.objectives) and rows[i].get("holdout_status") != "failed"]
     if not held.items or not todo:
@@ -54,10 +55,11 @@ def validate_front(ctx: Context, exp_dir: Path, rows: list[dict[str, Any]], fron
         result = evaluate(held, plan)
         if result.get("status") != "ok" or not result.get("items_json"):
             rows[i] |= {"holdout_status": "failed", "holdout_error": str(result.get("error", ""))[:300]}
-            continue
-        per_item = json.loads(result["items_json"])
-        write_items(exp_dir, f"holdout_trial_{number:04d}", per_item)
-        rows[i] |= holdout_scores(result, per_item, ctx.objectives) | {"holdout_status": "ok", "holdout_error": ""}
+        else:
+            per_item = json.loads(result["items_json"])
+            write_items(exp_dir, f"holdout_trial_{number:04d}", per_item)
+            rows[i] |= holdout_scores(result, per_item, ctx.objectives) | {"holdout_status": "ok", "holdout_error": ""}
+        saved()
     return len(todo)
 
 

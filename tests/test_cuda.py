@@ -1,6 +1,6 @@
 """The CUDA merge path: every method on the GPU agrees with the CPU (skipped without a GPU).
 
-CI has no GPU, so these run only where one is lent (see README, "GPU figures"). DARE's
+CI has no GPU, so these run only where one is lent. DARE's
 and DELLA's masks are counter-based hashes of the seed and position, the same on every
 device, so they are compared like the deterministic methods; for them we also check what
 a user relies on: the same seed gives the same merge, another seed another merge.

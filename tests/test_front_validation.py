@@ -101,7 +101,10 @@ def test_validate_front_answers_the_held_out_items_for_front_trials_only(tmp_pat
         per_item = {"safety": {"h0": 1.0, "h1": 1.0, "h2": 0.0, "h3": 1.0}, "conciseness": _per_item(0.5, ["h0", "h1", "h2", "h3"])}
         return {"status": "ok", "safety": 0.75, "conciseness": 0.5, "items_json": json.dumps(per_item)}
 
-    assert validate_front(_ctx(held), tmp_path, rows, [0, 1, 2], evaluate) == 2
+    saves = []
+    assert validate_front(_ctx(held), tmp_path, rows, [0, 1, 2], evaluate,
+                          saved=lambda: saves.append(rows[0].get("holdout_status"))) == 2
+    assert saves == ["ok", "ok"]  # the files are rewritten after each trial, the failed one too
     assert seen == [(0, ["h0", "h1", "h2", "h3"]), (1, ["h0", "h1", "h2", "h3"])]
     assert rows[0]["holdout.safety"] == 0.75 and rows[0]["holdout_items"] == 4 and rows[0]["holdout_status"] == "ok"
     assert rows[0]["holdout.safety_low"] <= 0.75 <= rows[0]["holdout.safety_high"]
