@@ -74,7 +74,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_prepare_example(args: argparse.Namespace) -> int:
-    from search.example_family import prepare_example
+    from search.example import prepare_example
 
     _set_threads(args.threads)
     for name, path in prepare_example(Path(args.data_dir), steps=args.train_steps,
@@ -96,9 +96,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.config import SearchConfigError, load_search_config
-    from search.driver import run_search
-    from search.preflight import PreflightError
+    from search import PreflightError, SearchConfigError, load_search_config, run_search
 
     exp_dir = Path(args.resume) if args.resume else None
     try:
@@ -117,10 +115,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    """One of the papers' studies on the configured family (see search/study.py)."""
-    from search.config import SearchConfigError, load_search_config
-    from search.preflight import PreflightError
-    from search.study import StudyError, run_methods_study, run_soups_study
+    """One of the papers' studies on the configured family (see search/studies/)."""
+    from search import PreflightError, SearchConfigError, load_search_config
+    from search.studies import StudyError, run_methods_study, run_soups_study
 
     exp_dir = Path(args.resume) if args.resume else None
     try:
@@ -144,12 +141,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     import ray
 
-    from search.config import SearchConfigError, load_search_config
-    from search.driver import open_experiment, reference_items, resolve_models, run_preflight
-    from search.health import objective_health
-    from search.pool import close_pool
-    from search.preflight import PreflightError
-    from search.results import read_references
+    from search import (
+        PreflightError, SearchConfigError, close_pool, load_search_config, objective_health, open_experiment,
+        read_references, reference_items, resolve_models, run_preflight,
+    )
 
     try:
         config = load_search_config(args.config)
@@ -177,7 +172,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.export import ExportError, export
+    from search import ExportError
+    from search.export import export
 
     try:
         result = export(Path(args.exp_dir), weights=args.weights, require=args.require,
@@ -204,7 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from search.example_demo import run_example
+    from search.example import run_example
 
     _set_threads(args.threads)
     methods = args.methods.split(",") if args.methods else None
@@ -219,7 +215,7 @@ def _example_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.example_family import DEFAULT_DATA_DIR
+    from search.example import DEFAULT_DATA_DIR
 
     parser = argparse.ArgumentParser(prog="run_search.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare-example", help="build the example model family (cached)")
     prep.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    from search.example_family import homogeneous_arg  # validates the method names for a clean usage error
+    from search.example import homogeneous_arg  # validates the method names for a clean usage error
 
     prep.add_argument("--homogeneous", type=homogeneous_arg, default=(), metavar="METHODS",
                       help="also re-train these methods (comma-separated, e.g. dpo,kto) with seed 1 as <method>-s1: "

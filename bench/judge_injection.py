@@ -73,7 +73,7 @@ def _model_judge(args: argparse.Namespace, base_url: str) -> str:
 
 
 def _local_model() -> Path:
-    from search.example_family import DEFAULT_DATA_DIR, convert_base
+    from search.example import DEFAULT_DATA_DIR, convert_base
 
     base = DEFAULT_DATA_DIR / "base"
     if not (base / "config.json").exists():

@@ -31,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from merging import Merger, parse_plan, write_model  # noqa: E402
-from search.example_family import prepare_example  # noqa: E402
+from search.example import prepare_example  # noqa: E402
 from serving import EngineSettings, GenerationSettings, ModelSet, create_backend  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Give me one tip for sleeping better.", "Name three primary colours."]

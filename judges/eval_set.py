@@ -52,9 +52,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, overload
+from typing import Annotated, Any, overload
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
+
+from judges.rubric import CATEGORIES, Category
 
 __all__ = [
     "BUNDLED_EVAL_SETS",
@@ -67,8 +69,6 @@ __all__ = [
     "load_eval_set",
 ]
 
-Category = Literal["safe", "unsafe"]
-CATEGORIES: tuple[Category, ...] = ("safe", "unsafe")
 REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "gold", "category")
 #: Optional columns and what a missing value means (``id``: a content id; ``facts``: none).
 OPTIONAL_FIELDS: Mapping[str, Any] = MappingProxyType({"id": None, "topic": "general", "answer": None,

@@ -33,7 +33,7 @@ user: it neither refuses the user nor offers them anything. So the refusal and f
 detectors read `user_facing(answer)`, where sentences with judge cues (rubric, verdict, the
 A/B labels, role headers, prompt markers, verdict JSON) are blanked; length and language are
 still judged on the whole answer, so such text costs exactly what neutral filler of the same
-shape costs (tests/test_judge_injection.py holds it to zero flips against that control). The
+shape costs (tests/judges/test_judge_injection.py holds it to zero flips against that control). The
 trade-off: a sentence that both addresses the judge and refuses is not counted as a refusal.
 """
 

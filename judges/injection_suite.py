@@ -16,7 +16,7 @@ identical, so legitimate content effects (a longer answer is less concise, a rep
 is less fluent) hit both sides alike and a flip between the two is an injection effect.
 Both variants keep the eval item's id, so an LLM judge sees them in the same A/B order.
 
-Used by tests/test_judge_injection.py (rubric judge, exact zero flips; the real model
+Used by tests/judges/test_judge_injection.py (rubric judge, exact zero flips; the real model
 judge through the OpenAI-compatible path, machinery only) and bench/judge_injection.py
 (the printed table).
 """

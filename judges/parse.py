@@ -15,7 +15,7 @@ What no parser can do: a reply that is *only* the planted verdict, copied verbat
 exactly like the judge's own. Keeping the candidate from steering the judge is therefore the
 prompt's job (nonce-delimited blocks, `judges.prompt.neutralise`, the system prompt); the
 parser only guarantees it never picks the planted verdict out of a reply that also holds a
-different one (tests/test_judge_injection.py).
+different one (tests/judges/test_judge_injection.py).
 """
 
 from __future__ import annotations

@@ -118,9 +118,11 @@ class MergePlan(BaseModel):
         return names
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid merge config"]
-    for e in err.errors():
+def format_validation_error(err: ValidationError, source: str, what: str = "merge config") -> str:
+    """pydantic's errors as `source: invalid <what>` and one `  field: message` line each, without
+    pydantic's "Value error, " prefix (the one formatter; search/config.py uses it too)."""
+    lines = [f"{source}: invalid {what}"]
+    for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}")

@@ -12,13 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from judges.config import JudgingConfig
-from merging.plan import read_yaml
-from merging.registry import method_names
+from judges.rubric import DEFAULT_RUBRIC
+from merging import format_validation_error, method_names, read_yaml
 from serving.base import EngineSettings, GenerationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-DIMENSIONS = ("safety", "factuality", "linguistic_correctness", "conciseness", "proactivity",
-              "false_rejection", "false_acceptance")
+DIMENSIONS = DEFAULT_RUBRIC.names  # the judged dimensions: judges/rubric.py is their one source
 MODULES = ("attn", "mlp", "norm", "embed", "lm_head")
 GRID_METHODS = frozenset({"linear", "slerp", "alignment_slerp", "nuslerp", "multislerp"})
 
@@ -296,21 +295,13 @@ class SearchConfig(_Strict):
         return (path if path.is_absolute() else root / path) / self.experiment.name
 
 
-def format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return f"{source}: invalid config\n" + "\n".join(lines)
-
-
 def parse_search_config(data: Any, source: str = "<config>") -> SearchConfig:
     if not isinstance(data, dict):
         raise SearchConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return SearchConfig.model_validate(data)
     except ValidationError as err:
-        raise SearchConfigError(format_errors(err, source)) from None
+        raise SearchConfigError(format_validation_error(err, source, "config")) from None
 
 
 def load_search_config(path: str | Path) -> SearchConfig:

@@ -24,10 +24,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from merging import Merger, get_method, parse_plan, write_model
+from merging import Merger, get_method, parse_plan, read_yaml, write_model
 from search.config import load_search_config
 from search.constraints import parse_constraint, score_of
-from search.driver import resolve_models
+from search.models import resolve_models
 from search.pareto import knee, weighted_pick
 from search.health import paired_difference
 from search.report import HOLDOUT, has_holdout
@@ -147,7 +147,7 @@ def export(exp_dir: Path, *, weights: str | None = None, require: list[str] = ()
     if not plan_file.exists():
         raise ExportError(f"{plan_file} is missing: the trial's plan was not saved")
     models, _ = resolve_models(config)
-    plan = with_paths(yaml.safe_load(plan_file.read_text()), models)
+    plan = with_paths(read_yaml(plan_file, ExportError), models)
     merged = parse_plan(plan, str(plan_file))  # validated before anything is written
     out_dir = exp_dir / "export"
     out_dir.mkdir(exist_ok=True)

@@ -6,7 +6,7 @@ express this; Optuna never sees it). Parameter names are prefixed by what they m
 not by method, where methods share a meaning (`density`, `lambda`, `w.<source>`), so
 the sampler can learn across methods.
 
-Every suggested parameter changes the merge (tests/test_space_knobs.py): a knob that
+Every suggested parameter changes the merge (tests/search/test_space_knobs.py): a knob that
 cancels inside the method would cost the sampler a dimension and the search trials.
 
 - Weights are a simplex over the sources (λ for two), suggested only for methods that

@@ -96,7 +96,7 @@ def tiny_family(tmp_path: Path) -> dict[str, Path]:
 def smollm_base() -> Path:
     """The real small chat model as a bf16 safetensors folder, converted once and cached
     in data/example/base (shared with the main command)."""
-    from search.example_family import DEFAULT_DATA_DIR, convert_base
+    from search.example import DEFAULT_DATA_DIR, convert_base
 
     base = DEFAULT_DATA_DIR / "base"
     if not (base / "config.json").exists():
@@ -148,10 +148,10 @@ EXAMPLE_HOMOGENEOUS = ("dpo",)  # one seeded re-run, for the homogeneous-pair te
 
 
 @pytest.fixture(scope="session")
-def example_family(tmp_path_factory) -> dict[str, Path]:
+def example_models(tmp_path_factory) -> dict[str, Path]:
     """The example family built the real way but short: base, dpo, kto, orpo and one
     homogeneous re-run (dpo-s1), shared by every test that needs trained variants."""
-    from search.example_family import prepare_example
+    from search.example import prepare_example
 
     torch.set_num_threads(2)
     return prepare_example(tmp_path_factory.mktemp("example"), steps=EXAMPLE_STEPS,

@@ -3,7 +3,8 @@
 Real HTTP, scripted behaviour: the request's `model` names the mode — "good" answers a
 well-formed verdict (the shorter answer wins conciseness, ties elsewhere), "flaky429"
 rate-limits the first try of each request, "error500" fails and echoes the credentials
-(a careless server), "slow" sleeps 1.5 s, "badbody" and "garbage" answer unreadable
+(a careless server), "slow" holds the request until the test releases it (`state.release`,
+at most 10 s) and counts the replies it then sends in `state.answered`, "badbody" and "garbage" answer unreadable
 bodies. With `required_key`, requests without that bearer key get 401.
 """
 
@@ -13,7 +14,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,6 +25,8 @@ class _State:
         self.requests: Counter[str] = Counter()
         self.seen: set[str] = set()
         self.auth: list[str] = []
+        self.release = threading.Event()  # "slow" requests wait for this
+        self.answered: Counter[str] = Counter()  # replies sent, by mode
 
 
 def _block(user: str, label: str) -> str:
@@ -90,7 +92,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "0"})
                 return
             if mode == "slow":
-                time.sleep(1.5)
+                state.release.wait(10.0)
             if mode == "badbody":
                 self._send(200, b"<html>this is not json")
                 return
@@ -99,6 +101,8 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+            with state.lock:
+                state.answered[mode] += 1
             self._send(200, json.dumps(resp).encode())
 
     return Handler
@@ -118,5 +122,6 @@ class JudgeServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.state.release.set()
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -1,0 +1,94 @@
+"""Recording trials: one row per finished trial, the result files rewritten and the front printed
+(`ResultsCallback`, and the Tune callback that feeds it); at the end, the front validated on the
+held-out items and REPORT.md written (`finish_experiment`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from search.console import console
+from search.constraints import Constraint
+from search.experiment import reference_items
+from search.health import objective_health
+from search.holdout import validate_front
+from search.metrics import ObjectiveGauges
+from search.pool import Context
+from search.report import front_table, write_report
+from search.results import dominating_references, front_indices, write_items, write_plan, write_results
+from search.scoring import intervals
+from search.trial import evaluate_plan
+
+
+class ResultsCallback:
+    """Tune callback: one row per finished trial, files rewritten, front printed."""
+
+    def __init__(self, exp_dir: Path, ctx: Context, constraints: list[Constraint], rows: list[dict[str, Any]]):
+        self.exp_dir, self.ctx, self.constraints = exp_dir, ctx, constraints
+        self.rows = rows
+        self.gauges = ObjectiveGauges(exp_dir.name)
+
+    def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        number = int(config["trial_number"])
+        params = {k: v for k, v in config.items() if k not in ("plan", "trial_number")}
+        row = {"trial_number": number, "trial_id": trial_id, "params": json.dumps(params, sort_keys=True)}
+        row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config", "items_json")}
+        if result.get("items_json"):
+            per_item = json.loads(result["items_json"])
+            write_items(self.exp_dir, f"trial_{number:04d}", per_item)
+            row |= intervals(per_item, self.ctx.objectives)
+        self.rows.append(row)
+        write_plan(self.exp_dir, number, config["plan"])
+        front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
+        self.gauges.update(self.rows, front, self.ctx.objectives)
+        status = "ok" if row.get("status") == "ok" else f"[red]failed[/red]: {row.get('error', '')[:160]}"
+        console.print(f"trial {number} ({row.get('method')}) {status}")
+        self.show(front, f"Pareto front after {len(self.rows)} trials (search items)")
+
+    def show(self, front: list[int], title: str) -> str:
+        """Print the front table as plain text (full names whatever the width) and return it."""
+        beaten = {i: dominating_references(self.rows[i], self.ctx.references, self.ctx.objectives) for i in front}
+        table = front_table(self.rows, front, self.ctx.references, self.ctx.objectives, title, beaten)
+        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        return table
+
+
+def tune_callback(recorder: ResultsCallback):
+    """A `ray.tune.Callback` that hands every finished (or crashed) trial to the recorder."""
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            recorder.record(trial.trial_id, trial.config, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            recorder.record(trial.trial_id, trial.config, {"status": "failed", "method": trial.config["plan"][
+                "merge_method"], "error": f"trial process error: {trial.error_file or 'see Ray logs'}"})
+
+    return _Callback()
+
+
+def finish_experiment(exp_dir: Path, recorder: ResultsCallback, storage_url: str, started: float) -> Path:
+    """Validate the front on the held-out items (while the pool is up), then write every file
+    and REPORT.md and print the final table."""
+    ctx = recorder.ctx
+    front = front_indices(recorder.rows, ctx.objectives, recorder.constraints, ctx.references)
+    validate_front(ctx, exp_dir, recorder.rows, front, evaluate_plan,
+                   saved=lambda: write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives,
+                                               recorder.constraints))
+    front = write_results(exp_dir, recorder.rows, ctx.references, ctx.objectives, recorder.constraints)
+    table = recorder.show(front, f"final Pareto front ({len(front)} of {len(recorder.rows)} trials, "
+                                 f"{(time.perf_counter() - started) / 60:.1f} min; 95 % intervals over items)")
+    health = objective_health(reference_items(exp_dir, ctx.references), ctx.objectives)
+    summary = [f"{len(ctx.sources)} sources ({', '.join(ctx.sources)}) and the base; objectives "
+               f"{', '.join(ctx.objectives)}",
+               f"{len(ctx.items)} search items, {len(ctx.holdout_items)} held-out items (eval_split.csv)",
+               f"{len(recorder.rows)} trials, {sum(r.get('status') == 'ok' for r in recorder.rows)} ok; "
+               f"{len(front)} on the front"]
+    report = write_report(exp_dir, title=f"soupsearch: {exp_dir.name}", summary=summary, health=health, table=table)
+    console.print(f"files: {exp_dir / 'trials.parquet'}, {exp_dir / 'pareto.csv'}, {exp_dir / 'pareto.html'}, "
+                  f"{report}, {exp_dir / 'hypervolume.csv'}, {exp_dir / 'plans'}/, optuna study {storage_url}",
+                  soft_wrap=True)
+    return exp_dir

@@ -1,0 +1,166 @@
+"""A search on a two-node Ray cluster on one machine, with a worker killed mid-trial and a
+rate-limiting judge that needs an API key.
+
+`ray start --head` and a second `ray start --address ...` node each declare one
+`merge_slot`, and the config asks one slot per worker: one merge worker per node, as on
+a cluster with one worker per GPU. The driver (`run_search.py`, a separate process, as a
+user runs it) joins through `experiment.ray_address`. While trials run, the test
+SIGKILLs a worker process in the middle of one; Ray restarts it and the trial is
+retried. The judge is an OpenAI-compatible server on loopback that answers only with the
+right bearer key and rate-limits (429) the first try of every request.
+
+Checked: every trial has a result, workers ran on both nodes, a worker was lost and
+replaced, the key was used, and the key appears in no result file, Optuna storage,
+driver output or Ray log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+from judge_server import JudgeServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+SECRET = "sk-e2e-SECRET-d41d8cd98f00b204"
+KEY_ENV = "SOUPSEARCH_E2E_JUDGE_KEY"
+# Enough trials that the worker being restarted after the kill is back before the other
+# one has run them all (merges take well under a second now; a restart reloads the sources).
+N_TRIALS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on this machine; the API key is in their environment, as it would be
+    exported on every node of a real cluster (never put into a runtime_env or config)."""
+    port = _free_port()
+    # The head turns Ray 2.60's token auth on; a joining node and a driver must say
+    # RAY_AUTH_MODE=token to send the token (~/.ray/auth_token, written by the head).
+    env = {**os.environ, KEY_ENV: SECRET, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    common = ["--include-dashboard=false", "--disable-usage-stats"]
+    head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
+            '--resources={"merge_slot": 1}', *common]
+    second = [RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+              '--resources={"merge_slot": 1}']
+    try:
+        for cmd in (head, second):
+            subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=120)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _kill_a_worker_mid_trial(exp: Path, proc: subprocess.Popen, timeout: float = 600) -> int:
+    """Once a first trial is on disk, SIGKILL a merge worker while it runs a trial."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the search ended before a worker could be killed"
+        if (exp / "trials.parquet").exists():
+            for p in psutil.process_iter(["cmdline"]):
+                if " ".join(p.info["cmdline"] or []).startswith("ray::MergeWorker.run"):
+                    os.kill(p.pid, signal.SIGKILL)
+                    return p.pid
+        time.sleep(0.05)
+    raise AssertionError("no trial in flight to kill")
+
+
+def _files_containing(root: Path, needle: bytes) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                pass
+    return hits
+
+
+def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cluster, smollm_family, tmp_path):
+    address, env = cluster
+    with JudgeServer(required_key=SECRET) as judge:
+        config = {
+            "experiment": {"name": "twonode", "dir": str(tmp_path), "ray_address": address},
+            "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
+                                                                       "b": str(smollm_family["b"])}},
+            "space": {"methods": ["linear", "task_arithmetic"]},
+            "search": {"sampler": "random", "n_trials": N_TRIALS, "seed": 2, "trial_retries": 2,
+                       "objectives": ["safety", "conciseness"]},
+            "workers": {"count": 2, "cpus": 1, "resources": {"merge_slot": 1}, "max_restarts": 2},
+            "serving": {"backend": "transformers", "generation": {"max_tokens": 8, "batch_size": 4}},
+            "judging": {"judge": {"backend": "openai", "base_url": judge.url, "model": "flaky429",
+                                  "api_key_env": KEY_ENV, "max_retries": 3, "backoff_s": 0.01,
+                                  "backoff_max_s": 0.05, "both_orders": False, "timeout_s": 30}},
+            "eval": {"set": "smoke", "subset": 4, "holdout": 0},
+        }
+        path = tmp_path / "search.yaml"
+        path.write_text(yaml.safe_dump(config))
+        exp = tmp_path / "twonode"
+        log = tmp_path / "driver.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--config", str(path)], cwd=ROOT,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                _kill_a_worker_mid_trial(exp, proc)
+                assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        requests = sum(judge.state.requests.values())
+        distinct = len(judge.state.seen)
+        auth = set(judge.state.auth)
+
+    driver = log.read_text()
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == N_TRIALS and sorted(trials.trial_number) == list(range(N_TRIALS))
+    assert (trials.status == "ok").all(), trials[["status", "error"]]
+    assert trials.workers_lost.sum() >= 1  # the killed trial was retried, not lost
+    assert trials.node_id.nunique() == 2 and trials.worker.nunique() == 2  # both nodes did trials
+    worker_lines = [line for line in driver.splitlines() if "-worker-" in line and "node " in line]
+    assert len(worker_lines) == 2 and len({line.split("node ")[1].split(",")[0] for line in worker_lines}) == 2
+
+    # The judge saw the key (so the check below is not vacuous), and 429s were retried.
+    # Every distinct request was refused with 429 once and then answered (identical answers
+    # of different trials hit the verdict cache and are never sent again).
+    assert auth == {f"Bearer {SECRET}"} and distinct >= 4 and requests >= 2 * distinct
+    secret = SECRET.encode()
+    assert SECRET not in driver
+    assert _files_containing(exp, secret) == []  # results, plans, config, verdict cache, optuna.db
+    assert SECRET not in json.dumps(yaml.safe_load((exp / "config.yaml").read_text()))
+    ray_logs = Path("/tmp/ray/session_latest/logs")
+    if ray_logs.exists():
+        assert _files_containing(ray_logs, secret) == []
+
+
+def test_a_search_without_ray_address_starts_its_own_ray_beside_a_running_cluster(cluster):
+    # A `ray start` cluster on the machine (and RAY_ADDRESS naming it) must not capture a
+    # search configured for a local Ray: plain ray.init() would join it and then refuse
+    # num_cpus with a ValueError.
+    address, env = cluster
+    code = ("import json, ray; from search.config import parse_search_config; from search.pool import start_ray;"
+            "start_ray(parse_search_config({'models': {'example': True}, 'workers': {'count': 1, 'cpus': 1}}));"
+            "print(json.dumps([ray.get_runtime_context().gcs_address, ray.cluster_resources().get('CPU')]));"
+            "ray.shutdown()")
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    gcs, cpus = json.loads(run.stdout.strip().splitlines()[-1])
+    assert gcs != address and cpus == 1 + 1 + 1  # workers · cpus + judges + 1, not the cluster's 4
