@@ -25,7 +25,7 @@ from judges.config import (
     parse_judging_config,
 )
 from judges.metrics import (
-    WTR, ConfidenceInterval, bootstrap_wtr, paired_bootstrap_diff, bootstrap_mean, win_tie_indicators, win_tie_rate, win_tie_rates,
+    WTR, ConfidenceInterval, bootstrap_wtr, paired_bootstrap, paired_bootstrap_diff, bootstrap_mean, win_tie_indicators, win_tie_rate, win_tie_rates,
     wtr_mean_diff,
 )
 from judges.pairwise import JudgeTransportError, combine_orders, judge_pairwise, label_to_outcome
@@ -51,6 +51,6 @@ __all__ = [
     "OpenAIJudgeConfig", "Order", "Outcome", "ParseError", "Rubric", "RubricJudgeConfig", "VLLMJudgeConfig", "Verdict", "VerdictCache",
     "VerdictStatus", "assign_order", "bootstrap_wtr", "build_judge", "build_messages", "cache_key", "combine_orders",
     "get_judge_factory", "judge_backends", "judge_pairwise", "label_to_outcome", "neutralise",
-    "paired_bootstrap_diff", "parse_judge_config", "parse_judging_config", "parse_verdict", "register_judge",
+    "paired_bootstrap", "paired_bootstrap_diff", "parse_judge_config", "parse_judging_config", "parse_verdict", "register_judge",
     "system_prompt", "win_tie_indicators", "win_tie_rate", "win_tie_rates", "wtr_mean_diff",
 ]

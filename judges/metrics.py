@@ -140,10 +140,17 @@ def bootstrap_wtr(verdicts: Sequence[Verdict], dimension: str, *, n_resamples: i
     return bootstrap_mean(x, n_resamples=n_resamples, seed=seed, confidence=confidence)
 
 
+def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> ConfidenceInterval:
+    """CI of mean(a) − mean(b) over the items both scored (item id -> score), resampling items
+    jointly: the paired comparison every difference of two systems on one eval set uses."""
+    d = np.array([a[i] - b[i] for i in sorted(a.keys() & b.keys())])
+    return bootstrap_mean(d, n_resamples=n_resamples, seed=seed, confidence=confidence)
+
+
 def paired_bootstrap_diff(verdicts_a: Sequence[Verdict], verdicts_b: Sequence[Verdict], dimension: str, *,
                           n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
                           rubric: Rubric = DEFAULT_RUBRIC) -> ConfidenceInterval:
     """CI of WTR(a) − WTR(b) on the items both systems have scored, resampling items jointly."""
-    a, b = _indicators(verdicts_a, dimension, rubric), _indicators(verdicts_b, dimension, rubric)
-    d = np.array([a[i] - b[i] for i in sorted(a.keys() & b.keys())])
-    return bootstrap_mean(d, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return paired_bootstrap(_indicators(verdicts_a, dimension, rubric), _indicators(verdicts_b, dimension, rubric),
+                            n_resamples=n_resamples, seed=seed, confidence=confidence)

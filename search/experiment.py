@@ -92,9 +92,8 @@ def reference_items(exp_dir: Path, references: Sequence[str]) -> dict[str, dict[
     out: dict[str, dict[str, dict[str, float]]] = {}
     for key in references:
         for prefix in ("ref_", "holdout_ref_"):
-            frame = read_items(exp_dir, f"{prefix}{key}")
-            for d, g in (frame.groupby("dimension") if frame is not None else ()):
-                out.setdefault(key, {}).setdefault(d, {}).update(zip(g["item_id"], g["win_tie"]))
+            for d, scores in (read_items(exp_dir, f"{prefix}{key}") or {}).items():
+                out.setdefault(key, {}).setdefault(d, {}).update(scores)
     return out
 
 

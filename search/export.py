@@ -24,12 +24,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from judges import paired_bootstrap
 from merging import Merger, get_method, parse_plan, read_yaml, write_model
 from search.config import load_search_config
 from search.constraints import parse_constraint, score_of
 from search.models import resolve_models
 from search.pareto import knee, weighted_pick
-from search.health import paired_difference
 from search.report import HOLDOUT, has_holdout
 from search.results import dominating_references, front_indices, read_items, read_references
 
@@ -93,33 +93,27 @@ def leads_over_sources(exp_dir: Path, row: dict[str, Any], references: dict[str,
                        objectives: list[str], sources: list[str], *, held_out: bool) -> list[str]:
     """Per objective, the pick against the source that scores best on it, paired over the items
     both answered: the lead and its 95 % bootstrap interval, and whether the interval excludes 0."""
-    prefix = "holdout_" if held_out else ""
-    mine = read_items(exp_dir, f"{prefix}trial_{int(row['trial_number']):04d}")
+    files, column = ("holdout_", HOLDOUT) if held_out else ("", "")
+    mine = read_items(exp_dir, f"{files}trial_{int(row['trial_number']):04d}")
     if mine is None:
         return []
     lines = []
     for o in objectives:
-        scored = {s: score_of({k[len(HOLDOUT):]: v for k, v in references.get(s, {}).items() if k.startswith(HOLDOUT)}
-                              if held_out else references.get(s, {}), o) for s in sources}
+        scored = {s: score_of(references.get(s, {}), column + o) for s in sources}
         scored = {s: v for s, v in scored.items() if not math.isnan(v)}
         if not scored:
             continue
         best = max(scored, key=scored.get)
-        theirs = read_items(exp_dir, f"{prefix}ref_{best}")
+        theirs = read_items(exp_dir, f"{files}ref_{best}")
         if theirs is None:
             continue
-        estimate, low, high = paired_difference(_scores(mine, o), _scores(theirs, o))
+        ci = paired_bootstrap(mine.get(o, {}), theirs.get(o, {}))
         where = "held-out" if held_out else "search"
-        verdict = ("beyond its 95 % interval" if low > 0 or high < 0 else
+        verdict = ("beyond its 95 % interval" if ci.low > 0 or ci.high < 0 else
                    "INSIDE its 95 % interval: these items cannot tell them apart")
-        lines.append(f"{o}: pick − {best} (best source) = {estimate:+.3f} [{low:+.3f}, {high:+.3f}] on the {where} "
-                     f"items, {verdict}")
+        lines.append(f"{o}: pick − {best} (best source) = {ci.estimate:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] on the "
+                     f"{where} items, {verdict}")
     return lines
-
-
-def _scores(frame: pd.DataFrame, objective: str) -> dict[str, float]:
-    part = frame[frame["dimension"] == objective]
-    return dict(zip(part["item_id"], part["win_tie"]))
 
 
 def to_mergekit(plan: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
-from judges import bootstrap_mean
+from judges import paired_bootstrap
 
 PerItem = Mapping[str, Mapping[str, float]]  # objective -> item id -> score
 
@@ -77,14 +77,6 @@ class ObjectiveHealth:
                 f"[{best.low:+.3f}, {best.high:+.3f}]")
 
 
-def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 1000,
-                      seed: int = 0) -> tuple[float, float, float]:
-    """(estimate, low, high) of mean(a) − mean(b) on the items both scored, items resampled jointly."""
-    common = sorted(a.keys() & b.keys())
-    ci = bootstrap_mean(np.array([a[i] - b[i] for i in common]), n_resamples=n_resamples, seed=seed)
-    return ci.estimate, ci.low, ci.high
-
-
 def objective_health(per_model: Mapping[str, PerItem], objectives: Sequence[str], *,
                      n_resamples: int = 1000) -> list[ObjectiveHealth]:
     """Health of each objective from the references' per-item scores (model -> objective -> item -> score)."""
@@ -92,8 +84,10 @@ def objective_health(per_model: Mapping[str, PerItem], objectives: Sequence[str]
     for objective in objectives:
         items = {m: per_model[m].get(objective, {}) for m in per_model}
         scores = {m: (float(np.mean(list(v.values()))) if v else math.nan) for m, v in items.items()}
-        pairs = [PairDiff(a, b, *paired_difference(items[a], items[b], n_resamples=n_resamples))
-                 for a, b in combinations(per_model, 2)]
+        pairs = []
+        for a, b in combinations(per_model, 2):
+            ci = paired_bootstrap(items[a], items[b], n_resamples=n_resamples)
+            pairs.append(PairDiff(a, b, ci.estimate, ci.low, ci.high))
         n_items = max((len(v) for v in items.values()), default=0)
         out.append(ObjectiveHealth(objective, scores, [p for p in pairs if p.separated], n_items))
     return out

@@ -60,16 +60,12 @@ def front_table(rows: Sequence[Mapping[str, Any]], front: Sequence[int], referen
     return f"{title}\n{format_table(header, body)}"
 
 
-def health_lines(health: Sequence[ObjectiveHealth]) -> list[str]:
-    return [h.message() for h in health]
-
-
 def write_report(exp_dir: Path, *, title: str, summary: Sequence[str], health: Sequence[ObjectiveHealth],
                  table: str, notes: Sequence[str] = ()) -> Path:
     """REPORT.md: what was searched, whether each objective can guide it, the front with its
     search and held-out scores. Rewritten with the result files, so it is never stale."""
     parts = [f"# {title}", "", *[f"- {s}" for s in summary], "", "## Objectives on the reference models", ""]
-    parts += [f"- {line}" for line in health_lines(health)] or ["- (references not judged yet)"]
+    parts += [f"- {h.message()}" for h in health] or ["- (references not judged yet)"]
     parts += ["", "## Pareto front", "", "Scores are win-tie rates (or metric means) with 95 % bootstrap intervals "
               "over items; the front is chosen on the search items, the held-out line validates it on items "
               "the search never saw.", "", "```", table, "```"]

@@ -107,9 +107,16 @@ def write_items(exp_dir: Path, key: str, indicators: dict[str, dict[str, float]]
     return path
 
 
-def read_items(exp_dir: Path, key: str) -> pd.DataFrame | None:
+def read_items(exp_dir: Path, key: str) -> dict[str, dict[str, float]] | None:
+    """items/KEY.parquet read back as `write_items` took it (dimension or objective -> item ->
+    score); None when the file does not exist (a trial that failed, a run before intervals)."""
     path = exp_dir / "items" / f"{key}.parquet"
-    return pd.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for dim, item, x in pd.read_parquet(path)[["dimension", "item_id", "win_tie"]].itertuples(index=False):
+        out.setdefault(dim, {})[item] = float(x)
+    return out
 
 
 def write_plan(exp_dir: Path, number: int, plan: dict[str, Any]) -> Path:

@@ -17,7 +17,7 @@ import pandas as pd
 from search.config import DIMENSIONS, SearchConfig
 from search.results import read_items, read_references
 from search.studies.tables import (
-    items_frame_to_dict, league_table, markdown, meandiff_table, lambda_sweep, soup_rows, wtr_interval, wtr_table,
+    league_table, markdown, meandiff_table, lambda_sweep, soup_rows, wtr_interval, wtr_table,
 )
 
 LINE_STYLES = {"lerp": "-", "slerp": ":", "slerp_lerp_norms": "--"}
@@ -31,7 +31,7 @@ def judge_description(config: SearchConfig) -> str:
 
 
 def _items(exp_dir: Path, keys: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
-    return {k: items_frame_to_dict(read_items(exp_dir, k)) for k in keys}
+    return {k: read_items(exp_dir, k) or {} for k in keys}
 
 
 def _with_intervals(frame: pd.DataFrame, keys: Sequence[str], items: Mapping[str, Any], n: int) -> pd.DataFrame:

@@ -43,15 +43,6 @@ class SoupPoint:
                 "lambda": self.lam}
 
 
-def items_frame_to_dict(frame: pd.DataFrame | None) -> dict[str, dict[str, float]]:
-    if frame is None:
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    for dim, item, x in frame[["dimension", "item_id", "win_tie"]].itertuples(index=False):
-        out.setdefault(dim, {})[item] = float(x)
-    return out
-
-
 def wtr_interval(items: Items, dim: str, n: int, seed: int = 0) -> tuple[float, float]:
     ci = bootstrap_mean(np.array(list(items.get(dim, {}).values())), n_resamples=n, seed=seed)
     return ci.low, ci.high
