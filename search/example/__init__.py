@@ -3,7 +3,7 @@ ORPO variants trained on the bundled preference set (`data/`), their behaviour c
 merge demo. Other code imports these names from here:
 
 - `family.py`: the base converted from GGUF and the variants prepared and cached (`prepare_example`);
-- `training.py`: one preference-optimised variant trained with TRL;
+- `training.py`: one preference-optimised variant trained with TRL (and its trainer, built);
 - `preferences.py`: the bundled preference set, loaded and validated;
 - `behaviour.py`: what a variant's answers look like (terse, proactive, cautious);
 - `demo.py`: every method merges the family once (`run_search.py demo`).
@@ -19,12 +19,14 @@ from search.example.preferences import (
     DEFAULT_PREFERENCES, KINDS, SLANTS, STYLES, PreferenceSet, PreferenceSetError, kto_rows, load_preferences,
     paired_rows,
 )
-from search.example.training import DEFAULT_SETTINGS, METADATA_FILE, METHODS, TrainingSettings, train_variant
+from search.example.training import (
+    DEFAULT_SETTINGS, METADATA_FILE, METHODS, TrainingSettings, build_trainer, train_variant,
+)
 
 __all__ = [
     "DEFAULT_DATA_DIR", "DEFAULT_PREFERENCES", "DEFAULT_SETTINGS", "FAMILY_FILE", "HOMOGENEOUS_SEED", "KINDS",
     "MAX_NEW_TOKENS", "METADATA_FILE", "METHODS", "SLANTS", "STYLES", "VARIANTS", "Behaviour", "PreferenceSet",
-    "PreferenceSetError", "TrainingSettings", "answer", "convert_base", "example_plan", "homogeneous_arg",
-    "homogeneous_name", "homogeneous_settings", "kto_rows", "load_preferences", "paired_rows", "prepare_example",
-    "profile_model", "run_example", "train_variant", "variant_settings",
+    "PreferenceSetError", "TrainingSettings", "answer", "build_trainer", "convert_base", "example_plan",
+    "homogeneous_arg", "homogeneous_name", "homogeneous_settings", "kto_rows", "load_preferences", "paired_rows",
+    "prepare_example", "profile_model", "run_example", "train_variant", "variant_settings",
 ]

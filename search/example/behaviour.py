@@ -21,7 +21,7 @@ import torch
 
 from judges.eval_set import EvalItem, load_eval_set
 from judges.heuristic import has_follow_up, is_refusal, words
-from serving.base import resolve_dtype
+from runtime import resolve_dtype
 
 __all__ = ["HELDOUT_EXTRA_IDS", "Behaviour", "generate_answers", "heldout_items", "measure", "profile_model"]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,15 @@ def paired_rows(rows: Sequence[PreferenceRow], slant: Style) -> list[dict]:
             for r in rows for other in STYLES if other != slant]
 
 
-def kto_rows(rows: Sequence[PreferenceRow], slant: Style, undesirable: Sequence[Style] | None = None) -> list[dict]:
+def kto_rows(rows: Sequence[PreferenceRow], slant: Style, undesirable: Sequence[Style] | None = None, *,
+             seed: int = 0) -> list[dict]:
     """KTO rows (unpaired): the slant's answer is desirable, the `undesirable` styles' answers
-    (default: every other style) are undesirable."""
+    (default: every other style) are undesirable; in file order for seed 0, else shuffled by `seed`.
+
+    The order is part of the rows because TRL's KTO trainer reads its data in order (its KL
+    term pairs neighbouring rows), so the training seed alone changed nothing: a seed-1 re-run
+    came out bit-identical to the seed-0 one. Seed 0 keeps the file order, so the standard
+    `kto` variant (and its cache) stays as it was."""
     bad = [s for s in STYLES if s != slant] if undesirable is None else list(undesirable)
     if slant in bad or not bad or not set(bad) <= set(STYLES):
         raise ValueError(f"undesirable styles {bad} must be other styles than {slant!r}, out of {STYLES}")
@@ -149,4 +156,6 @@ def kto_rows(rows: Sequence[PreferenceRow], slant: Style, undesirable: Sequence[
             if style == slant or style in bad:
                 out.append({"prompt": _chat("user", r.prompt), "completion": _chat("assistant", r.response(style)),
                             "label": style == slant})
+    if seed:
+        random.Random(seed).shuffle(out)
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import tempfile
 import time
 import warnings
@@ -30,10 +29,11 @@ import torch
 
 from merging.checkpoint import ModelFolder
 from merging.writer import write_model
-from serving.base import cpu_has_native_bf16
+from runtime import cpu_has_native_bf16
 from search.example.preferences import SLANTS, PreferenceSet, kto_rows, paired_rows
 
-__all__ = ["DEFAULT_SETTINGS", "METHODS", "METADATA_FILE", "TrainingSettings", "read_metadata", "train_variant"]
+__all__ = ["DEFAULT_SETTINGS", "METHODS", "METADATA_FILE", "TrainingSettings", "build_trainer", "read_metadata",
+           "train_variant"]
 
 METHODS: tuple[str, ...] = ("dpo", "kto", "orpo")
 METADATA_FILE = "soupsearch_variant.json"
@@ -91,21 +91,13 @@ def _common_args(settings: TrainingSettings, output_dir: str) -> dict[str, Any]:
         logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True)
 
 
-def _seeded_order(rows: list[dict], seed: int) -> list[dict]:
-    """KTO rows in the order `seed` gives them.
+def build_trainer(model: torch.nn.Module, tokenizer: Any, settings: TrainingSettings, prefs: PreferenceSet,
+                  output_dir: str) -> tuple[Any, int]:
+    """The TRL trainer for `settings.method` and the number of training examples it sees.
 
-    TRL's KTO trainer reads its data in order (its KL term pairs neighbouring rows), so the
-    seed alone changed nothing: a seed-1 re-run came out bit-identical to the seed-0 one.
-    Seed 0 keeps the file order, so the standard `kto` variant (and its cache) stays as it was."""
-    if seed:
-        rows = list(rows)
-        random.Random(seed).shuffle(rows)
-    return rows
-
-
-def _build_trainer(model: torch.nn.Module, tokenizer: Any, settings: TrainingSettings, prefs: PreferenceSet,
-                   output_dir: str) -> tuple[Any, int]:
-    """The TRL trainer for `settings.method` and the number of training examples it sees."""
+    Public, beside `train_variant`, because what decides a variant's weights is fixed here
+    (data view, order, loss, arguments) before any step runs: a trainer's first batch shows
+    whether a seed changes the data a method sees without training it."""
     from datasets import Dataset
 
     slant = SLANTS[settings.method]
@@ -121,8 +113,8 @@ def _build_trainer(model: torch.nn.Module, tokenizer: Any, settings: TrainingSet
     elif settings.method == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        rows = _seeded_order(kto_rows(prefs.rows, slant, [s for s in settings.kto_undesirable.split(",") if s] or None),
-                             settings.seed)
+        undesirable = [s for s in settings.kto_undesirable.split(",") if s] or None
+        rows = kto_rows(prefs.rows, slant, undesirable, seed=settings.seed)
         trainer = KTOTrainer(model=model, args=KTOConfig(**args, desirable_weight=settings.desirable_weight),
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     elif settings.method == "orpo":
@@ -167,7 +159,7 @@ def train_variant(base_dir: Path, out_dir: Path, settings: TrainingSettings, pre
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="soupsearch-trl-") as scratch:
-        trainer, n_examples = _build_trainer(model, tokenizer, settings, prefs, scratch)
+        trainer, n_examples = build_trainer(model, tokenizer, settings, prefs, scratch)
         for quiet in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(quiet)
         trainer.add_callback(_Losses())

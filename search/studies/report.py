@@ -8,7 +8,7 @@ items a WTR difference of 0.1 is often inside its interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +64,17 @@ def family_description(config: SearchConfig, sources: Sequence[str]) -> str:
     return f"base {base}; sources " + ", ".join(f"`{s}`" for s in sources)
 
 
-def _header(config: SearchConfig, family: str, n_items: int, wall_s: float, title: str) -> list[str]:
+def _header(config: SearchConfig, models: Iterable[str], items: Mapping[str, Mapping[str, Mapping[str, float]]],
+            wall_s: float, title: str) -> list[str]:
+    """REPORT.md's title and what its numbers rest on: `models` are the family's keys (base
+    included), `items` the per-item outcomes the tables were computed from."""
     return [
         f"# {title}", "",
         f"- **Experiment:** `{config.experiment.name}`, wall time {wall_s / 60:.1f} min",
-        f"- **Models:** {family}",
+        f"- **Models:** {family_description(config, [k for k in models if k != 'base'])}",
         f"- **Judge:** {judge_description(config)}",
         f"- **Eval set:** `{config.eval.set}`" + (f" (stratified subset of {config.eval.subset})"
-                                                  if config.eval.subset else "") + f", {n_items} items judged",
+                                                  if config.eval.subset else "") + f", {_n_items(items)} items judged",
         f"- **Generation:** greedy, at most {config.serving.generation.max_tokens} new tokens",
         f"- **Intervals:** 95 % percentile bootstrap over eval items ({config.study.bootstrap} resamples). "
         "Greedy decoding and deterministic merges leave the items as the only source of variance, "
@@ -139,9 +142,7 @@ def write_soups_report(config: SearchConfig, exp_dir: Path, models: Mapping[str,
     geometry = _geometry(models, out)
 
     failed = soups[soups.status != "ok"] if not soups.empty else soups
-    family = family_description(config, [k for k in models if k != "base"])
-    lines = _header(config, family, _n_items(items), wall_s, "Heterogeneous model soups: study report")
-    lines += [
+    lines = _header(config, models, items, wall_s, "Heterogeneous model soups: study report") + [
         f"{len(soups)} merges: {', '.join(config.study.soup_methods)} of "
         f"{soups[soups.kind == 'heterogeneous'].pair.nunique()} heterogeneous pairs at λ ∈ "
         f"{config.study.lambdas} and {soups[soups.kind == 'homogeneous'].pair.nunique()} homogeneous pairs at "
@@ -189,9 +190,7 @@ def write_methods_report(config: SearchConfig, exp_dir: Path, points: Sequence[M
     cols = ["rank", "method", *DIMENSIONS, "average", "default_average", "on_front", "best_trial", "trials"]
     league_md = _write(out / "league.md", markdown(league, cols))
     refs = wtr_table(pd.DataFrame(), references)
-    family = family_description(config, [k for k in references if k != "base"])
-    lines = _header(config, family, _n_items(items), wall_s, "Merge-method league: study report")
-    lines += [
+    lines = _header(config, references, items, wall_s, "Merge-method league: study report") + [
         f"{len(defaults)} methods, each at its defaults (equal weights, task-vector scale 1, density 0.5, "
         f"seed 0) and then {config.study.search_budget} trials searched by {config.search.sampler} over all of "
         f"them: {len(trials)} trials in all. Each row is the method's best trial by the average WTR over the "

@@ -32,7 +32,7 @@ from judges import (
 )
 from judges.heuristic import RubricJudge, has_follow_up, is_refusal, user_facing, words
 from judges.injection_suite import PAYLOADS, Case, Position, build_cases, control_text, format_report, run_suite
-from serving import vllm_available
+from runtime import vllm_available
 
 _MARKER = re.compile(r"<<<((?:END_)?(?:QUESTION|ANSWER_A|ANSWER_B))_(\w+)>>>")
 _SPECIAL = re.compile(r"<\|[^\s|]+\|>|<｜[^\s｜]+｜>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]")

@@ -17,7 +17,7 @@ import pytest
 
 from judges import (JudgeItem, OpenAIJudgeConfig, VerdictStatus, VLLMJudgeConfig, build_judge, load_eval_set,
                     win_tie_rates)
-from serving import vllm_available
+from runtime import vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")]
 

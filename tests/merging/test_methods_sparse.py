@@ -1,4 +1,4 @@
-"""ties, dare_*, della*, breadcrumbs* and the sparsifiers in merging/sparsify.py.
+"""ties, dare_*, della*, breadcrumbs*, merging/selection.py and merging/sparsifiers.py.
 
 Hand-computed merges of two 6-element task vectors (values in eighths, so every expected
 number is exact), exact-count selection with ties, DELLA's keep probabilities, statistical
@@ -13,23 +13,16 @@ import math
 import pytest
 import torch
 
-from merging.keep_rules import prime_at_least
+from merging.keep_rules import RankWindow, TopK, prime_at_least
 from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from merging.methods.dare import dare_linear, dare_ties
 from merging.methods.della import della, della_linear
 from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
 from merging.registry import METHODS
-from merging.sparsify import (
-    bernoulli,
-    della_keep_probabilities,
-    della_magprune,
-    della_rank_norm,
-    keep_rank_window_,
-    kth_smallest,
-    magnitude,
-    magnitude_outliers,
-)
+from merging.selection import SAMPLE_BOUNDS, magnitude_at_rank
+from merging.sparsifiers import bernoulli, della_magprune, magnitude, magnitude_outliers
+from merging.task_vectors import della_keep_probabilities, della_rank_norm, sparsify
 
 B = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
 T1 = torch.tensor([0.5, -0.25, 0.0, 1.0, -0.125, 0.375])     # |T1| ranks: 2 < 4 < 1 < 5 < 0 < 3
@@ -168,16 +161,16 @@ def test_rank_windows_match_a_stable_sort(n):
     asc = torch.sort(mags, stable=True).indices
     for frac in (0.001, 0.3, 0.77):
         k = int(frac * n)
-        sel = kth_smallest(mags, k)
+        sel = magnitude_at_rank(x, None, k)
         assert sel.value == float(mags[asc[k - 1]]) and sel.n_less == int((mags < sel.value).sum())
         assert sel.n_equal == int((mags == sel.value).sum())
         expected = torch.zeros(n)
         expected[desc[:k]] = x[desc[:k]]
-        assert torch.equal(keep_rank_window_(x.clone(), 0, k, descending=True), expected)
+        assert torch.equal(sparsify(x, TopK((k + 0.5) / n)), expected)
         start, stop = k // 3, k
         expected = torch.zeros(n)
         expected[asc[start:stop]] = x[asc[start:stop]]
-        got = keep_rank_window_(x.clone(), start, stop)
+        got = sparsify(x, RankWindow((stop - start + 0.5) / n, (n - stop + 0.5) / n))
         assert torch.equal(got, expected)
         # the count is exact even though most kept entries tie with dropped ones
         nonzero_expected = int((x[asc[start:stop]] != 0).sum())
@@ -190,21 +183,22 @@ def test_selection_brackets_big_tensors_and_survives_a_sample_that_misses(monkey
     monkeypatch.setattr(torch, "kthvalue", lambda t, k: sizes.append(t.numel()) or kthvalue(t, k))
     n = 400_000
     x = torch.rand(n, generator=seeded(0))
-    assert kth_smallest(x, n // 2).value == float(kthvalue(x, n // 2).values)
-    assert sizes[-1] < n // 20  # only the bracket went through kthvalue
+    assert magnitude_at_rank(x, None, n // 2).value == float(kthvalue(x, n // 2).values)
+    assert sizes[-1] < n // 10  # only part of the bracket went through kthvalue
     # Structured data: the sampled positions (a fixed prime stride) hold huge values, so the
     # bracket is wrong; it must widen to what the sample cannot see and stay exact.
-    stride = prime_at_least(n // (1 << 14))  # the sample size for n < 2^22
+    low, high = SAMPLE_BOUNDS
+    stride = prime_at_least(n // min(max(n // 256, low), high))  # the sampling stride for n
     x[stride // 2 :: stride] += 1e6
     for k in (1, n // 2, n - n // stride - 3, n - 3):
-        sel = kth_smallest(x, k)
+        sel = magnitude_at_rank(x, None, k)
         assert sel.value == float(kthvalue(x, k).values) and sel.n_less == int((x < sel.value).sum())
     assert max(sizes[1:]) > n // 2  # the missed bracket widened to most of the tensor
     # heavy ties (bf16-like deltas): counts settle t without extracting anything
     sizes.clear()
     y = torch.randint(0, 6, (n,), generator=seeded(1)).float()
     for k in (1, 70_000, n // 2, n):
-        sel = kth_smallest(y, k)
+        sel = magnitude_at_rank(y, None, k)
         assert sel.value == float(kthvalue(y, k).values)
         assert (sel.n_less, sel.n_equal) == (int((y < sel.value).sum()), int((y == sel.value).sum()))
     assert sizes == []

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from merging.methods.task_arithmetic import task_arithmetic
-from merging.methods.tsvm import _energy_rank, _rank_cap, r_tsvm, tsvm
+from merging.methods.tsvm import energy_rank, r_tsvm, rank_cap, tsvm
 from merging.registry import METHODS
 
 NO_CLIP = 1e9  # an outlier_c so large that nothing is clipped
@@ -154,12 +154,12 @@ def test_tsvm_rejects_bad_rank_fraction():
 
 def test_energy_rank_on_a_designed_spectrum():
     sigma = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)  # σ² = 16, 4, 1, 0.25; Σ = 21.25
-    assert _energy_rank(sigma, 0.7) == 1    # 16 ≥ 14.875
-    assert _energy_rank(sigma, 0.9) == 2    # 16 < 19.125 ≤ 20
-    assert _energy_rank(sigma, 0.98) == 3   # 20 < 20.825 ≤ 21
-    assert _energy_rank(sigma, 0.99) == 4   # 21 < 21.0375
-    assert _energy_rank(sigma, 1.0) == 4
-    assert _energy_rank(torch.zeros(3, dtype=torch.float64), 0.9) == 0
+    assert energy_rank(sigma, 0.7) == 1    # 16 ≥ 14.875
+    assert energy_rank(sigma, 0.9) == 2    # 16 < 19.125 ≤ 20
+    assert energy_rank(sigma, 0.98) == 3   # 20 < 20.825 ≤ 21
+    assert energy_rank(sigma, 0.99) == 4   # 21 < 21.0375
+    assert energy_rank(sigma, 1.0) == 4
+    assert energy_rank(torch.zeros(3, dtype=torch.float64), 0.9) == 0
 
 
 @pytest.mark.parametrize("energy,kept", [(0.7, [4.0]), (0.9, [4.0, 2.0]), (0.98, [4.0, 2.0, 1.0]),
@@ -172,10 +172,10 @@ def test_r_tsvm_energy_rank_selection(energy, kept):
 
 
 def test_rank_cap_limits_the_dense_tasks():
-    assert _rank_cap([3, 3], 4) == 2          # 2 + 2 ≤ 4 < 3 + 3
-    assert _rank_cap([1, 4], 4) == 3          # 1 + 3 ≤ 4: the sparse task keeps its one direction
-    assert _rank_cap([5, 5, 5], 2) == 1       # more tasks than directions: at least one each
-    assert _rank_cap([2, 1], 8) == 2          # no cap needed
+    assert rank_cap([3, 3], 4) == 2          # 2 + 2 ≤ 4 < 3 + 3
+    assert rank_cap([1, 4], 4) == 3          # 1 + 3 ≤ 4: the sparse task keeps its one direction
+    assert rank_cap([5, 5, 5], 2) == 1       # more tasks than directions: at least one each
+    assert rank_cap([2, 1], 8) == 2          # no cap needed
 
 
 def test_r_tsvm_caps_total_rank_at_min_dimension():

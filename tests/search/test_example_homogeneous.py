@@ -81,14 +81,13 @@ def test_every_method_sees_other_batches_with_the_homogeneous_seed(method, smoll
     copy of kto; this guards every method against a seed that changes nothing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from search.example import DEFAULT_SETTINGS, load_preferences
-    from search.example.training import _build_trainer
+    from search.example import DEFAULT_SETTINGS, build_trainer, load_preferences
 
     tokenizer, prefs = AutoTokenizer.from_pretrained(smollm_base), load_preferences()
     model = AutoModelForCausalLM.from_pretrained(smollm_base, dtype=torch.float32)
     first = []
     for settings in (DEFAULT_SETTINGS[method], homogeneous_settings(method)):
-        trainer, _ = _build_trainer(model, tokenizer, settings, prefs, str(tmp_path / str(settings.seed)))
+        trainer, _ = build_trainer(model, tokenizer, settings, prefs, str(tmp_path / str(settings.seed)))
         batch = next(iter(trainer.get_train_dataloader()))
         first.append({k: v.tolist() for k, v in batch.items() if k.endswith("input_ids")})  # ORPO: chosen_/rejected_
     assert first[0] != first[1]

@@ -83,10 +83,13 @@ def test_cli_rejects_unknown_methods_and_passes_the_list_on(monkeypatch, tmp_pat
 
 def test_kto_rows_are_shuffled_by_a_nonzero_seed_only():
     from search.example import SLANTS, kto_rows, load_preferences
-    from search.example.training import _seeded_order
 
-    rows = kto_rows(load_preferences().rows, SLANTS["kto"], ["cautious"])
-    assert _seeded_order(rows, 0) == rows  # the standard kto run keeps its order (and its cached checkpoint)
-    reordered = _seeded_order(rows, 1)
-    assert reordered != rows and sorted(map(str, reordered)) == sorted(map(str, rows))
-    assert _seeded_order(rows, 1) == reordered != _seeded_order(rows, 2)
+    prefs = load_preferences().rows
+
+    def rows(seed: int) -> list[dict]:
+        return kto_rows(prefs, SLANTS["kto"], ["cautious"], seed=seed)
+
+    in_file_order = kto_rows(prefs, SLANTS["kto"], ["cautious"])
+    assert rows(0) == in_file_order  # the standard kto run keeps its order (and its cached checkpoint)
+    assert rows(1) != in_file_order and sorted(map(str, rows(1))) == sorted(map(str, in_file_order))
+    assert rows(1) == rows(1) != rows(2)

@@ -54,11 +54,16 @@ def pool(smollm_family, tmp_path_factory):
 
 
 def _running_trial_pid(timeout: float = 120) -> int:
-    """The worker process while it executes a trial: Ray titles it `ray::MergeWorker.run`."""
+    """The worker process while it executes a trial: Ray titles it `ray::MergeWorker.run`.
+    Only this process's own Ray is searched (its raylet is our child, the workers are the
+    raylet's), never a search someone else runs on the machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
             if cmd.startswith("ray::MergeWorker.run"):
                 return proc.pid
         time.sleep(0.05)

