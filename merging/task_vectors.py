@@ -33,11 +33,6 @@ RESCALE_NORMS = ("l1", "inverse_density")
 DELLA_ROW_BLOCK = 1 << 16   # DELLA's tables are built over blocks of whole rows of about this many entries
 
 
-def task_vector_params(*, normalize: bool, rescale: bool) -> dict[str, bool | float | str]:
-    """Shared parameters of every generalized task-arithmetic method, with mergekit's defaults."""
-    return {"int8_mask": False, "normalize": normalize, "rescale": rescale, "lambda": 1.0, "rescale_norm": "l1"}
-
-
 def rescale_mode(rescale: bool, rescale_norm: str) -> str | None:
     """The rescale to apply (None when rescale is off); rejects unknown norms either way."""
     if rescale_norm not in RESCALE_NORMS:

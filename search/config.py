@@ -20,7 +20,6 @@ from serving.base import EngineSettings, GenerationSettings
 ROOT = Path(__file__).resolve().parent.parent
 DIMENSIONS = DEFAULT_RUBRIC.names  # the judged dimensions: judges/rubric.py is their one source
 MODULES = ("attn", "mlp", "norm", "embed", "lm_head")
-GRID_METHODS = frozenset({"linear", "slerp", "alignment_slerp", "nuslerp", "multislerp"})
 
 
 class SearchConfigError(ValueError):
@@ -167,6 +166,13 @@ class WorkersConfig(_Strict):
 
     restart_timeout_s: float = Field(900, gt=0, description="how long a trial waits for a restarted worker to load "
                                                             "its models again before it gives up on it")
+    sources: Literal["auto", "gpu", "host", "disk"] = Field(
+        "auto", description="where each worker keeps base and sources: gpu (the merge device), host (pinned host "
+                            "memory, copied per tensor), disk (memory-mapped safetensors, page cache shared by "
+                            "co-located workers); auto: the fastest that fits next to the engine")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="memory of one worker GPU, for the memory preflight when the driver has no GPU "
+                                "to read it from")
 
     @field_validator("resources")
     @classmethod
@@ -283,10 +289,13 @@ class SearchConfig(_Strict):
     @model_validator(mode="after")
     def _grid_is_lambda_only(self) -> "SearchConfig":
         if self.search.sampler == "grid":
-            extra = [m for m in self.space.methods if m not in GRID_METHODS]
+            # The grid sweeps the interpolation weight λ alone: methods of other families
+            # have parameters (a scale, a density) it would leave at a fixed value.
+            grid = method_names(family="interpolation")
+            extra = [m for m in self.space.methods if m not in grid]
             if extra:
                 raise ValueError(f"search.sampler grid sweeps λ only; space.methods {extra} have other parameters "
-                                 f"(grid methods: {', '.join(sorted(GRID_METHODS))})")
+                                 f"(grid methods: {', '.join(grid)})")
             if self.space.layer_curve is not None:
                 raise ValueError("search.sampler grid sweeps one λ per merge; remove space.layer_curve")
         return self

@@ -20,7 +20,7 @@ from search.health import ObjectiveHealth, objective_health
 from search.holdout import holdout_scores, write_split
 from search.models import resolve_models
 from search.pool import Context, lease_and_run, start_pool, start_ray, worker_info
-from search.preflight import PreflightError, check_inputs, check_placement, holdout_split
+from search.preflight import PreflightError, check_inputs, check_memory, check_placement, holdout_split
 from search.results import read_items, read_references, write_items, write_references
 from search.scoring import intervals
 from search.trial import judge_answers
@@ -31,7 +31,8 @@ def run_preflight(config: SearchConfig, models: dict[str, str]) -> EvalSet:
     PreflightError lists every problem. Returns the eval set the search will use."""
     eval_set, problems = check_inputs(config, models)
     start_ray(config)
-    problems += check_placement(config, ray.nodes())
+    nodes = ray.nodes()
+    problems += check_placement(config, nodes) + check_memory(config, models, nodes)
     if problems:
         raise PreflightError(problems)
     console.print("preflight ok: models compatible, eval set valid, judge answers, workers placeable")

@@ -101,7 +101,7 @@ def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, 
                                    resources=dict(w.resources), max_restarts=w.max_restarts,
                                    max_task_retries=0).remote(
         models, "base", config.serving.backend, engine.model_dump(), config.models.allow_pickle,
-        config.models.trust_remote_code) for n in worker_names]
+        config.models.trust_remote_code, w.sources) for n in worker_names]
     judge_names = [f"{namespace}-judge-{i}" for i in range(w.judges)]
     judging = config.judging.model_dump(mode="json")
     if judging.get("cache_path") is None:

@@ -20,6 +20,7 @@ from judges import EvalSet, EvalSetError, JudgeItem, VerdictStatus, build_judge,
 from judges.answer_metrics import MATCH_METRICS
 from judges.eval_set import MIN_PER_CATEGORY
 from merging import CheckpointError, IncompatibleModelsError, ModelFolder, check_compatible
+from merging.memory import GIB, gib, model_sizes, pick_sources, worker_memory
 from search.config import SearchConfig
 
 MERGEABLE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -150,17 +151,9 @@ def check_placement(config: SearchConfig, nodes: list[dict[str, Any]]) -> list[P
     `nodes` is `ray.nodes()`; on an autoscaling cluster nodes may still come, so this is
     only run against the nodes that exist."""
     w = config.workers
-    free = [dict(n.get("Resources", {})) for n in nodes if n.get("Alive")]
-    need = {"CPU": w.cpus, "GPU": w.gpus, **w.resources}
-    need = {k: v for k, v in need.items() if v > 0}
-    placed = 0
-    for _ in range(w.count):
-        node = next((r for r in free if all(r.get(k, 0.0) + 1e-9 >= v for k, v in need.items())), None)
-        if node is None:
-            break
-        for k, v in need.items():
-            node[k] -= v
-        placed += 1
+    need = _worker_need(config)
+    counts, free = _first_fit(config, nodes)
+    placed = sum(counts)
     problems = []
     if placed < w.count:
         have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n.get("Resources", {}).items())
@@ -179,6 +172,78 @@ def check_placement(config: SearchConfig, nodes: list[dict[str, Any]]) -> list[P
                                                       f"{gpus_free:g} GPUs are left after the merge workers",
                                 "lower workers.count or workers.judges, or use an API judge"))
     return problems
+
+
+def check_memory(config: SearchConfig, models: dict[str, str], nodes: list[dict[str, Any]],
+                 gpu_total: int | None = None) -> list[Problem]:
+    """Does each merge worker's estimate (merging.memory: engine + sources + staged merge +
+    working set) fit its GPU and its node's memory, for the configured `workers.sources`?
+
+    `gpu_total`: bytes of one worker GPU (default: this machine's first GPU, else
+    `workers.gpu_memory_gib`; unknown: the GPU side is not checked). Host memory is Ray's
+    `memory` resource of the node that gets the most workers."""
+    w, engine = config.workers, config.serving.engine
+    try:
+        sizes, largest = model_sizes(list(models.values()), allow_pickle=config.models.allow_pickle)
+    except Exception:  # noqa: BLE001 - unreadable models are check_models' report
+        return []
+    on_gpu = w.gpus > 0
+    if gpu_total is None and on_gpu:
+        gpu_total = (torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available()
+                     else int(w.gpu_memory_gib * GIB) if w.gpu_memory_gib else None)
+    vllm = config.serving.backend != "transformers"
+    engine_device = int(engine.gpu_memory_utilization * gpu_total) if on_gpu and vllm and gpu_total else \
+        (sizes[0] if on_gpu else 0)
+    engine_host = 0 if on_gpu else sizes[0] + (engine.cpu_kv_cache_gib * GIB if vllm else 0)
+    per_node = max(_first_fit(config, nodes)[0] + [0]) or w.count
+    host_total = max((n.get("Resources", {}).get("memory", 0) for n in nodes if n.get("Alive")), default=0) or None
+    sources = w.sources if w.sources != "auto" else pick_sources(
+        model_bytes=sizes, largest_tensor_bytes=largest, staged=engine.stage_merges, on_gpu=on_gpu,
+        engine_device_bytes=engine_device, device_total=gpu_total, host_available=host_total,
+        engine_host_bytes=engine_host, workers_sharing_host=per_node)
+    need = worker_memory(model_bytes=sizes, largest_tensor_bytes=largest, sources=sources,
+                         staged=engine.stage_merges, on_gpu=on_gpu, engine_device_bytes=engine_device,
+                         engine_host_bytes=engine_host)
+    problems = []
+    where = "workers.sources" + (f" (auto chose {sources})" if w.sources == "auto" else "")
+    if on_gpu and gpu_total and need.device > gpu_total * max(1.0, w.gpus):
+        fixes = [f for f in ("set workers.sources: host (sources in host memory, copied to the GPU per tensor)"
+                             if sources == "gpu" else "",
+                             "set serving.engine.stage_merges: false" if engine.stage_merges and sources == "gpu"
+                             else "", "lower serving.engine.gpu_memory_utilization" if vllm else "") if f]
+        problems.append(Problem(where, f"each merge worker needs {gib(need.device)} on its GPU "
+                                       f"({need.describe('device')}), more than the GPU's {gib(gpu_total)}",
+                                "; or ".join(fixes) or "use bigger GPUs"))
+    if host_total and need.host * per_node > host_total:
+        fixes = [f for f in ("set workers.sources: disk (memory-mapped, one page cache per node)"
+                             if sources != "disk" else "",
+                             f"fewer workers per node (workers.count {w.count}, or workers.resources)" if per_node > 1
+                             else "", "set serving.engine.stage_merges: false" if engine.stage_merges else "") if f]
+        problems.append(Problem(where, f"{per_node} merge worker(s) on one node need {gib(need.host * per_node)} of "
+                                       f"host memory ({need.describe('host')} each), more than the node's "
+                                       f"{gib(host_total)} for Ray", "; or ".join(fixes) or "add memory"))
+    return problems
+
+
+def _worker_need(config: SearchConfig) -> dict[str, float]:
+    w = config.workers
+    return {k: v for k, v in {"CPU": w.cpus, "GPU": w.gpus, **w.resources}.items() if v > 0}
+
+
+def _first_fit(config: SearchConfig, nodes: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, float]]]:
+    """How many merge workers each live node gets under first-fit placement (a worker's
+    CPUs, GPUs and custom resources all from one node), and what is left on each node."""
+    need = _worker_need(config)
+    free = [dict(n.get("Resources", {})) for n in nodes if n.get("Alive")]
+    counts = [0] * len(free)
+    for _ in range(config.workers.count):
+        i = next((i for i, r in enumerate(free) if all(r.get(k, 0.0) + 1e-9 >= v for k, v in need.items())), None)
+        if i is None:
+            break
+        for k, v in need.items():
+            free[i][k] -= v
+        counts[i] += 1
+    return counts, free
 
 
 def _fmt(need: dict[str, float]) -> str:

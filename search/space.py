@@ -32,8 +32,6 @@ from typing import Any, Protocol
 from merging.registry import MethodSpec, get_method
 from search.config import LayerCurve, Range, SpaceConfig
 
-INTERPOLATION = {"linear", "slerp", "alignment_slerp", "nuslerp", "multislerp", "karcher"}
-SPARSE = {"ties", "dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties"}
 #: DELLA's keep probabilities density ± ε must lie strictly inside (0, 1); the density
 #: range is kept this far inside that interval (see `_density_range`).
 DELLA_MARGIN = 0.01
@@ -128,7 +126,7 @@ def suggest_plan(trial: Trial, space: SpaceConfig, sources: list[str], base: str
     shared: dict[str, Any] = {}
     picked = _pick(trial, spec, sources, pairwise)
 
-    if method in INTERPOLATION:
+    if spec.family == "interpolation":
         # Per knot, a simplex over the sources: a per-layer λ (or t) when there is a curve.
         per_knot = [_simplex(trial, picked, f"k{j}." if knots > 1 else "") for j in range(knots)]
         weights: dict[str, Any] = {s: _value([k[s] for k in per_knot]) for s in picked}
@@ -138,7 +136,7 @@ def suggest_plan(trial: Trial, space: SpaceConfig, sources: list[str], base: str
             shared["lambda"] = _scale(trial, space, knots)
 
     model_params: dict[str, dict[str, Any]] = {s: {} for s in picked}
-    if method in SPARSE:
+    if spec.family == "sparse":
         density = _float(trial, "density", _density_range(spec, space.density))
         for s in picked:
             model_params[s]["density"] = density

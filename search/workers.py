@@ -27,8 +27,9 @@ RUNTIME_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELIS
 @ray.remote
 class MergeWorker:
     def __init__(self, models: dict[str, str], base: str, backend: str, engine: dict[str, Any],
-                 allow_pickle: bool = False, trust_remote_code: bool = False):
-        model_set = ModelSet(models, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                 allow_pickle: bool = False, trust_remote_code: bool = False, sources: str = "auto"):
+        model_set = ModelSet(models, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                             sources=sources)
         self.backend = create_backend(backend, model_set, EngineSettings(**engine))
 
     def info(self) -> dict[str, Any]:

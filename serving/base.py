@@ -85,6 +85,8 @@ class ModelSet:
     #: Python code (`trust_remote_code`) can execute anything on the worker.
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    #: Where the worker keeps base and sources: auto | gpu | host | disk (merging.memory).
+    sources: str = "auto"
 
     def __post_init__(self) -> None:
         self.models = {key: Path(path) for key, path in self.models.items()}

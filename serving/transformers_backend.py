@@ -43,7 +43,8 @@ class TransformersBackend(ServingBackend):
                                                           trust_remote_code=remote_code).to(self.device).eval()
         self.params = dict(self.model.named_parameters(remove_duplicate=False))
         self.weights = WeightSource({k: str(v) for k, v in model_set.models.items()}, model_set.base, self.device,
-                                    allow_pickle=model_set.allow_pickle)
+                                    allow_pickle=model_set.allow_pickle, sources=model_set.sources,
+                                    stage=self.engine.stage_merges)
 
     def _load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         count = 0

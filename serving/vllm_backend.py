@@ -52,7 +52,8 @@ class VLLMBackend(ServingBackend):
         try:
             self.llm = LLM(**kwargs)
             self.opened = self._rpc("soup_open", {k: str(v) for k, v in model_set.models.items()}, model_set.base,
-                                    self.engine.threads, model_set.allow_pickle)
+                                    self.engine.threads, model_set.allow_pickle, model_set.sources,
+                                    self.engine.stage_merges)
         except ServingError:
             raise
         except Exception as err:

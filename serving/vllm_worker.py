@@ -35,14 +35,15 @@ class SoupWorkerExtension:
     _soup_threads: int | None = None
 
     def soup_open(self, models: dict[str, str], base: str, merge_threads: int | None = None,
-                  allow_pickle: bool = False) -> dict[str, Any]:
+                  allow_pickle: bool = False, sources: str = "auto", stage: bool = True) -> dict[str, Any]:
         started = time.perf_counter()
         device = getattr(self, "device", "cpu")
         self._soup_threads = merge_threads
         with self._merge_threads():
-            self._soup = WeightSource(models, base, device=device, allow_pickle=allow_pickle)
+            self._soup = WeightSource(models, base, device=device, allow_pickle=allow_pickle, sources=sources,
+                                      stage=stage)
         return {"load_s": time.perf_counter() - started, "tensors": len(self._soup.merger.names),
-                "bytes": self._soup.merger.source_bytes(), "device": str(device)}
+                "bytes": self._soup.merger.source_bytes(), "device": str(device), "sources": self._soup.sources}
 
     def soup_apply(self, plan: dict[str, Any], stage: bool = True) -> dict[str, Any]:
         with self._merge_threads():

@@ -1,15 +1,8 @@
-"""Built-in merge methods: importing this package registers each one (one file per family)."""
+"""Built-in merge methods: every module here registers its methods when imported (one file
+per method family), so adding a method is adding a file."""
 
-from merging.methods import (  # noqa: F401
-    breadcrumbs,
-    dare,
-    della,
-    karcher,
-    linear,
-    model_stock,
-    multislerp,
-    slerp,
-    task_arithmetic,
-    ties,
-    tsvm,
-)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -22,8 +22,8 @@ from functools import partial
 import torch
 
 from merging.keep_rules import RankWindow
-from merging.registry import MethodSpec, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.registry import PerModel, register
+from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
 
 
 def breadcrumbs_merge(
@@ -31,9 +31,9 @@ def breadcrumbs_merge(
     base: torch.Tensor,
     *,
     consensus: bool,
-    weight: Sequence[float],
-    density: Sequence[float],
-    gamma: Sequence[float],
+    weight: PerModel[float],
+    density: PerModel[float, 1.0],
+    gamma: PerModel[float, 0.01],
     normalize: bool = False,
     rescale: bool = False,
     lambda_: float = 1.0,
@@ -52,8 +52,5 @@ def breadcrumbs_merge(
 breadcrumbs = partial(breadcrumbs_merge, consensus=False)
 breadcrumbs_ties = partial(breadcrumbs_merge, consensus=True)
 
-register(MethodSpec("breadcrumbs", breadcrumbs, model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params=task_vector_params(normalize=False, rescale=False), fused=True))
-register(MethodSpec("breadcrumbs_ties", breadcrumbs_ties,
-                    model_params={"weight": None, "density": 1.0, "gamma": 0.01},
-                    shared_params=task_vector_params(normalize=False, rescale=False), fused=True))
+register(breadcrumbs, "breadcrumbs", family="sparse")
+register(breadcrumbs_ties, "breadcrumbs_ties", family="sparse")

@@ -26,8 +26,8 @@ from functools import partial
 import torch
 
 from merging.keep_rules import RandomDrop
-from merging.registry import MethodSpec, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.registry import PerModel, register
+from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
 
 
 def dare(
@@ -35,8 +35,8 @@ def dare(
     base: torch.Tensor,
     *,
     consensus: bool,
-    weight: Sequence[float],
-    density: Sequence[float],
+    weight: PerModel[float],
+    density: PerModel[float, 1.0],
     normalize: bool = False,
     rescale: bool = True,
     lambda_: float = 1.0,
@@ -56,7 +56,5 @@ def dare(
 dare_linear = partial(dare, consensus=False)
 dare_ties = partial(dare, consensus=True)
 
-register(MethodSpec("dare_linear", dare_linear, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))
-register(MethodSpec("dare_ties", dare_ties, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))
+register(dare_linear, "dare_linear", family="sparse")
+register(dare_ties, "dare_ties", family="sparse")

@@ -28,8 +28,8 @@ from functools import partial
 import torch
 
 from merging.keep_rules import DellaDrop
-from merging.registry import MethodSpec, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.registry import PerModel, register
+from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
 
 
 def della_merge(
@@ -37,9 +37,9 @@ def della_merge(
     base: torch.Tensor,
     *,
     consensus: bool,
-    weight: Sequence[float],
-    density: Sequence[float],
-    epsilon: Sequence[float],
+    weight: PerModel[float],
+    density: PerModel[float, 1.0],
+    epsilon: PerModel[float, 0.15],
     normalize: bool = False,
     rescale: bool = True,
     lambda_: float = 1.0,
@@ -60,7 +60,5 @@ def della_merge(
 della_linear = partial(della_merge, consensus=False)
 della = partial(della_merge, consensus=True, normalize=True)
 
-register(MethodSpec("della", della, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params=task_vector_params(normalize=True, rescale=True), fused=True, randomized=True))
-register(MethodSpec("della_linear", della_linear, model_params={"weight": None, "density": 1.0, "epsilon": 0.15},
-                    shared_params=task_vector_params(normalize=False, rescale=True), fused=True, randomized=True))
+register(della, "della", family="sparse")
+register(della_linear, "della_linear", family="sparse")

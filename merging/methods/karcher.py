@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import PerModel, register
 
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -45,7 +45,7 @@ def karcher(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
     *,
-    weight: Sequence[float] | None = None,
+    weight: PerModel[float, 1.0] | None = None,
     max_iter: int = 10,
     tol: float = 1e-5,
 ) -> torch.Tensor:
@@ -111,5 +111,4 @@ def karcher(
     return out
 
 
-register(MethodSpec("karcher", karcher, model_params={"weight": 1.0},
-                    shared_params={"max_iter": 10, "tol": 1e-5}, base="none"))
+register(karcher, "karcher", family="interpolation", base="none")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import PerModel, register
 from merging.weighted_sum import weighted_sum
 
 
@@ -16,7 +16,7 @@ def linear(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float],
     normalize: bool = True,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -27,5 +27,4 @@ def linear(
     return weighted_sum(tensors, [float(w) / total for w in weight], out_dtype)
 
 
-register(MethodSpec("linear", linear, model_params={"weight": None}, shared_params={"normalize": True},
-                    base="none", elementwise=True, fused=True))
+register(linear, "linear", family="interpolation", base="none", elementwise=True)

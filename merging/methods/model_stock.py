@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import register
 
 
 def model_stock(
@@ -59,5 +59,4 @@ def model_stock(
     return mean_offset.mul_(t.unsqueeze(-1)).add_(rows).reshape(shape)
 
 
-register(MethodSpec("model_stock", model_stock, shared_params={"filter_wise": False}, base="required",
-                    min_models=2))
+register(model_stock, "model_stock", family="geometric", min_models=2)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import PerModel, register
 
 
 def _nuslerp_vectors(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -38,7 +38,7 @@ def nuslerp(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float],
     nuslerp_row_wise: bool = False,
     nuslerp_flatten: bool = True,
 ) -> torch.Tensor:
@@ -72,7 +72,7 @@ def multislerp(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float],
     normalize_weights: bool = True,
     eps: float = 1e-8,
 ) -> torch.Tensor:
@@ -113,8 +113,5 @@ def multislerp(
     return merged.add_(base) if base is not None else merged
 
 
-register(MethodSpec("nuslerp", nuslerp, model_params={"weight": None},
-                    shared_params={"nuslerp_row_wise": False, "nuslerp_flatten": True},
-                    base="optional", min_models=2, max_models=2))
-register(MethodSpec("multislerp", multislerp, model_params={"weight": None},
-                    shared_params={"normalize_weights": True, "eps": 1e-8}, base="optional", min_models=1))
+register(nuslerp, "nuslerp", family="interpolation", base="optional", min_models=2, max_models=2)
+register(multislerp, "multislerp", family="interpolation", base="optional")

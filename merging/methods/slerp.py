@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import register
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -44,7 +44,7 @@ def slerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     return torch.add(v0 * c0, v1, alpha=c1)
 
 
-def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, t: float) -> torch.Tensor:
+def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, t: float = 0.5) -> torch.Tensor:
     (other,) = tensors
     return slerp_pair(float(t), base, other)
 
@@ -53,7 +53,7 @@ def alignment_slerp(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
-    t: float,
+    t: float = 0.5,
     lerp_norms: bool = True,
     module_class: str = "other",
 ) -> torch.Tensor:
@@ -65,6 +65,5 @@ def alignment_slerp(
     return merged.add_(base)
 
 
-register(MethodSpec("slerp", slerp, shared_params={"t": 0.5}, base="required", min_models=1, max_models=1))
-register(MethodSpec("alignment_slerp", alignment_slerp, shared_params={"t": 0.5, "lerp_norms": True},
-                    base="required", min_models=2, max_models=2, needs_module_class=True, mergekit=False))
+register(slerp, "slerp", family="interpolation", max_models=1)
+register(alignment_slerp, "alignment_slerp", family="interpolation", min_models=2, max_models=2, mergekit=False)

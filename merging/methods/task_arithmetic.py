@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.registry import MethodSpec, register
+from merging.registry import PerModel, register
 from merging.weighted_sum import weighted_sum
 
 
@@ -19,7 +19,7 @@ def task_arithmetic(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float],
     normalize: bool = False,
     lambda_: float = 1.0,
     out_dtype: torch.dtype | None = None,
@@ -32,5 +32,4 @@ def task_arithmetic(
     return weighted_sum([base, *tensors], [1.0 - sum(coefs), *coefs], out_dtype)
 
 
-register(MethodSpec("task_arithmetic", task_arithmetic, model_params={"weight": None},
-                    shared_params={"normalize": False, "lambda": 1.0}, base="required", elementwise=True, fused=True))
+register(task_arithmetic, "task_arithmetic", family="task_vector", elementwise=True)

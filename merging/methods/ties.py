@@ -18,16 +18,16 @@ from collections.abc import Sequence
 import torch
 
 from merging.keep_rules import TopK
-from merging.registry import MethodSpec, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode, task_vector_params
+from merging.registry import PerModel, register
+from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
 
 
 def ties(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
-    weight: Sequence[float],
-    density: Sequence[float],
+    weight: PerModel[float],
+    density: PerModel[float, 1.0],
     normalize: bool = True,
     rescale: bool = False,
     lambda_: float = 1.0,
@@ -41,5 +41,4 @@ def ties(
                               rules=[TopK(d, norm) for d in density], out_dtype=out_dtype)
 
 
-register(MethodSpec("ties", ties, model_params={"weight": None, "density": 1.0},
-                    shared_params=task_vector_params(normalize=True, rescale=False), fused=True))
+register(ties, "ties", family="sparse")

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 
 from merging.methods.task_arithmetic import task_arithmetic
-from merging.registry import MethodSpec, register
+from merging.registry import PerModel, register
 
 ZERO_RTOL = 1e-5              # σ ≤ ZERO_RTOL·σ_max counts as zero (see the module docstring)
 _CHUNK_ELEMENTS = 1 << 22     # float64 working set per chunk (32 MiB)
@@ -160,7 +160,7 @@ def tsvm(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float, 1.0],
     lambda_: float = 1.0,
     rank_fraction: float | None = None,
 ) -> torch.Tensor:
@@ -225,7 +225,7 @@ def r_tsvm(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     *,
-    weight: Sequence[float],
+    weight: PerModel[float, 1.0],
     lambda_: float = 1.0,
     energy: float = 0.9,
     outlier_c: float = 3.0,
@@ -279,9 +279,5 @@ def r_tsvm(
     return _finish(_decorrelated_sum(blocks, (rows, cols), base.device), base, lambda_)
 
 
-register(MethodSpec("tsvm", tsvm, model_params={"weight": 1.0},
-                    shared_params={"lambda": 1.0, "rank_fraction": None},  # type: ignore[dict-item]
-                    base="required", mergekit=False))
-register(MethodSpec("r_tsvm", r_tsvm, model_params={"weight": 1.0},
-                    shared_params={"lambda": 1.0, "energy": 0.9, "outlier_c": 3.0, "balance": 1.0},
-                    base="required", mergekit=False))
+register(tsvm, "tsvm", family="task_vector", mergekit=False)
+register(r_tsvm, "r_tsvm", family="task_vector", mergekit=False)

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
+from merging.memory import model_sizes
 from search.config import SearchConfigError, parse_search_config
-from search.preflight import Problem, check_inputs, check_models, check_placement, holdout_split
+from search.preflight import Problem, check_inputs, check_memory, check_models, check_placement, holdout_split
 from conftest import TINY_CONFIG, tiny_llama_state, write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +133,48 @@ def test_pickle_checkpoint_is_refused_unless_the_config_opts_in(tiny_family, tmp
     assert problem.where == "models.sources.p" and "allow_pickle" in problem.what
     assert check_models(models, allow_pickle=True) == []
     assert parse_search_config({"models": {"base": "b", "sources": {"x": "x", "y": "y"}}}).models.allow_pickle is False
+
+
+# --------------------------------------------------------------------------- memory
+
+GB = 1 << 30
+
+
+def _eight_b(monkeypatch, sources: str, **engine: object):
+    """An 8B bf16 base with three sources (16 GiB each, embeddings of 1 GiB), one worker on
+    one 80 GiB GPU of a node with 512 GiB for Ray."""
+    monkeypatch.setattr("search.preflight.model_sizes", lambda paths, allow_pickle=False: ([16 * GB] * 4, GB))
+    config = parse_search_config({"models": {"base": "b", "sources": {"x": "x", "y": "y", "z": "z"}},
+                                  "workers": {"count": 1, "cpus": 8, "gpus": 1, "sources": sources,
+                                              "gpu_memory_gib": 80},
+                                  "serving": {"backend": "vllm", "engine": engine}})
+    nodes = [_node(CPU=16, GPU=1, memory=512 * GB)]
+    return check_memory(config, {"base": "b", "x": "x", "y": "y", "z": "z"}, nodes)
+
+
+def test_an_8b_three_source_merge_fits_one_80gb_gpu_only_with_sources_on_the_host(monkeypatch):
+    [problem] = _eight_b(monkeypatch, "gpu")
+    assert problem.where == "workers.sources"
+    # engine 0.85·80 = 68 GiB, sources 4·16 = 64, staged merge 16, working set (4+2)·1 = 6
+    assert "needs 154.0 GiB on its GPU (engine 68.0 GiB + sources 64.0 GiB + staged merge 16.0 GiB + " \
+           "per-tensor working set 6.0 GiB), more than the GPU's 80.0 GiB" in problem.what
+    assert "workers.sources: host" in problem.fix
+    assert _eight_b(monkeypatch, "host") == []  # GPU: 68 + 12 working set; host: 64 + 16 staged
+    assert _eight_b(monkeypatch, "auto") == []  # auto picks host here
+    [tight] = _eight_b(monkeypatch, "host", gpu_memory_utilization=0.95)  # 76 + 12 > 80
+    assert "lower serving.engine.gpu_memory_utilization" in tight.fix
+
+
+def test_cpu_workers_sharing_a_node_are_refused_when_their_sources_do_not_fit(tiny_family):
+    models = {k: str(tiny_family[k]) for k in ("base", "dpo", "kto")}
+    config = parse_search_config({"models": {"base": models["base"], "sources": {k: models[k] for k in ("dpo", "kto")}},
+                                  "workers": {"count": 3, "cpus": 1, "sources": "host"},
+                                  "serving": {"backend": "transformers"}})
+    sizes, _ = model_sizes(list(models.values()))
+    per_worker = sizes[0] + sum(sizes) + sizes[0]  # engine weights, resident sources, staged merge
+    small = [_node(CPU=4, memory=3 * per_worker - 1)]
+    [problem] = check_memory(config, models, small)
+    assert "3 merge worker(s) on one node need" in problem.what and "workers.sources: disk" in problem.fix
+    assert check_memory(config, models, [_node(CPU=4, memory=3 * per_worker)]) == []
+    disk = config.model_copy(update={"workers": config.workers.model_copy(update={"sources": "disk"})})
+    assert check_memory(disk, models, small) == []
