@@ -90,7 +90,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         spec = METHODS[name]
         per_model = ", ".join(f"{k}={'required' if v is None else v}" for k, v in spec.model_params.items())
         shared = ", ".join(f"{k}={v}" for k, v in spec.shared_params.items())
-        tags = [f"base {spec.base}"] + (["random"] if spec.randomized else []) + ([] if spec.mergekit else ["soupsearch only"])
+        tags = [spec.family, f"base {spec.base}"] + (["random"] if spec.randomized else []) + \
+            ([] if spec.mergekit else ["soupsearch only"])
         print(f"{name:18s} per-model: {per_model or '-'} | shared: {shared or '-'} | {', '.join(tags)}")
     return 0
 

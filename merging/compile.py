@@ -86,22 +86,31 @@ def compiled_kernel(kernel: Kernel) -> Kernel:
     return torch.compile(kernel, dynamic=True, fullgraph=True)
 
 
-def run(kernel: Kernel, out: torch.Tensor | None, inputs: Sequence[torch.Tensor | None], *args: Any,
-        compile: bool | None = None, **static: Any) -> torch.Tensor | None:
-    """kernel(out, inputs, *args, start, **static) over flat `inputs` (and `out`), all of one
-    length n: in one compiled call, or eagerly chunk by chunk, the returned reductions summed.
-    `compile` overrides the policy (tests compare the two)."""
+def _slice(t: Any, start: int, stop: int) -> Any:
+    if t is None:
+        return None
+    if isinstance(t, list):
+        return [None if x is None else x[start:stop] for x in t]
+    return t[start:stop]
+
+
+def run(kernel: Kernel, out: torch.Tensor | Sequence[torch.Tensor | None] | None,
+        inputs: Sequence[torch.Tensor | None], *args: Any, compile: bool | None = None,
+        **static: Any) -> torch.Tensor | None:
+    """kernel(out, inputs, *args, start, **static) over flat `inputs` (and `out`, a tensor or
+    a list of them), all of one length n: in one compiled call, or eagerly chunk by chunk,
+    the returned reductions summed. `compile` overrides the policy (tests compare the two)."""
     first = next(t for t in inputs if t is not None)
     n = first.numel()
     if compile is None:
         compile = will_compile(n, first.device)
     if compile:
-        return compiled_kernel(kernel)(out, list(inputs), *args, 0, **static)
+        return compiled_kernel(kernel)(list(out) if isinstance(out, (list, tuple)) else out, list(inputs), *args, 0,
+                                       **static)
     total = None
     for start in range(0, max(n, 1), CHUNK_ELEMENTS):
         stop = min(n, start + CHUNK_ELEMENTS)
-        part = kernel(None if out is None else out[start:stop],
-                      [None if t is None else t[start:stop] for t in inputs], *args, start, **static)
+        part = kernel(_slice(out, start, stop), _slice(list(inputs), start, stop), *args, start, **static)
         if part is not None:
             total = part if total is None else total + part
     return total

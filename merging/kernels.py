@@ -17,6 +17,8 @@ model and a kind per model, which is static (the compiled code specializes on it
     kind "random": keep iff u(seed, i) < f[DENSITY] (DARE)
     kind "della":  keep iff u(seed, i) < p(row, bin(|d|)), p from a per-row table, and
                    with f[INVERSE] = 1 scale kept entries by 1/p (DELLA)
+    kind "mask":   keep iff the model's int8 mask is set (DELLA's draws, written by the L1
+                   pass that needed them first, so the mix does not rank and draw again)
 
 i is the entry's flat index (chunks pass their `start`), u the counter-based draw of
 `draw_uniform`, the same bits on every device and for every chunking.
@@ -78,25 +80,27 @@ def _index(start: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def kept(d: torch.Tensor, index: torch.Tensor, kind: str, f: torch.Tensor, k: torch.Tensor,
-         della: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+         della: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
     """d with the entries model's rule drops set to 0 (DELLA inverse: kept ones scaled by 1/p)."""
     if kind == "all":
         return d
+    if kind == "mask":  # a multiply: a compiled CPU loop vectorizes it, not a select on int8 (2.6x)
+        assert mask is not None
+        return d * mask.float()
     if kind == "window":
         a = d.abs()
         low = torch.where(index < k[LO_CUT], f[LO_HEAD], f[LO_TAIL])
         high = torch.where(index < k[HI_CUT], f[HI_HEAD], f[HI_TAIL])
         return torch.where((a > low) & (a <= high), d, 0.0)
-    u = draw_uniform(k[SEED], index)
     if kind == "random":
-        return torch.where(u < f[DENSITY], d, 0.0)
+        return torch.where(_drawn_keep(d, index, kind, f, k, della), d, 0.0)
     if kind == "della":
         assert della is not None
         table, floors, row_len = della
         row = row_of(index, row_len)
         p = table[row * DELLA_BINS + della_bin(d.abs(), floors[row])]
-        keep = u < p
-        return torch.where(keep, torch.where(f[INVERSE] > 0, d / p, d), 0.0)
+        return torch.where(draw_uniform(k[SEED], index) < p, torch.where(f[INVERSE] > 0, d / p, d), 0.0)
     raise ValueError(f"unknown keep kind {kind!r}")
 
 
@@ -111,10 +115,10 @@ def mix_(out: torch.Tensor, inputs: Sequence[torch.Tensor], fparams: torch.Tenso
     γ's sign (a zero never agrees), θ = θ_base + λ Σ_agreeing v_i / D, D = Σ_agreeing w_i
     (0 → 1) if normalize else 1.
     """
-    b, *xs = inputs
+    b, xs, masks = inputs[0], inputs[1 : 1 + len(kinds)], _masks_by_model(inputs[1 + len(kinds):], kinds)
     index = _index(start, out)
     base = b.float()
-    vs = [kept(x.float() - base, index, kind, fparams[m], iparams[m], dellas[m]) * fparams[m, COEF]
+    vs = [kept(x.float() - base, index, kind, fparams[m], iparams[m], dellas[m], masks[m]) * fparams[m, COEF]
           for m, (x, kind) in enumerate(zip(xs, kinds))]
     if not consensus:
         merged = base
@@ -166,27 +170,59 @@ def weighted_sum_(out: torch.Tensor, xs: Sequence[torch.Tensor], coefs: torch.Te
     return count_unrepresentable(merged, out.dtype)
 
 
-def l1_norms(out: None, inputs: Sequence[torch.Tensor | None], f: torch.Tensor, k: torch.Tensor,
-             della: tuple | None, start: int, *, kind: str) -> torch.Tensor:
-    """(‖δ‖₁, ‖keep(δ)‖₁) in float32, for an L1 rescale (inputs: x, b). The compiled
-    reduction accumulates in vector lanes and threads: 4e-8 relative error on 28M entries
-    against a float64 sum, at half its cost."""
-    x, b = inputs
-    d = _delta(x, b)
-    kept_d = kept(d, _index(start, d), kind, f, k, della)
-    return torch.stack([d.abs().sum(), kept_d.abs().sum()])
+def l1_norms(out: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor | None], fparams: torch.Tensor,
+             iparams: torch.Tensor, dellas: Sequence[tuple | None], start: int, *,
+             kinds: tuple[str, ...]) -> torch.Tensor:
+    """Per model, (‖δ‖₁, ‖keep(δ)‖₁) for an L1 rescale, in one pass that reads the base once
+    (inputs: b or None, then the models; float32 (M, 2)); where out[m] is given, model m's
+    keep mask is written there (int8) for the mix to read. The compiled reduction
+    accumulates in vector lanes and threads: 4e-8 relative error on 28M entries against a
+    float64 sum, at half its cost."""
+    b, *xs = inputs
+    sums = []
+    for m, (x, kind) in enumerate(zip(xs, kinds)):
+        d = _delta(x, b)
+        kept_d = kept(d, _index(start, d), kind, fparams[m], iparams[m], dellas[m])
+        if out[m] is not None:
+            out[m].copy_(torch.where(_drawn_keep(d, _index(start, d), kind, fparams[m], iparams[m], dellas[m]), 1, 0)
+                         .to(out[m].dtype))
+        sums.append(torch.stack([d.abs().sum(), kept_d.abs().sum()]))
+    return torch.stack(sums)
+
+
+def _drawn_keep(d: torch.Tensor, index: torch.Tensor, kind: str, f: torch.Tensor, k: torch.Tensor,
+                della: tuple | None) -> torch.Tensor:
+    """Whether a random drop (DARE: "random", DELLA: "della") keeps each entry."""
+    u = draw_uniform(k[SEED], index)
+    if kind == "random":
+        return u < f[DENSITY]
+    assert kind == "della" and della is not None
+    table, floors, row_len = della
+    row = row_of(index, row_len)
+    return u < table[row * DELLA_BINS + della_bin(d.abs(), floors[row])]
+
+
+def _masks_by_model(masks: Sequence[torch.Tensor], kinds: tuple[str, ...]) -> list[torch.Tensor | None]:
+    """The mask inputs, one per "mask" model in order, spread to a list indexed by model."""
+    found = iter(masks)
+    return [next(found) if kind == "mask" else None for kind in kinds]
 
 
 def count_at_most(out: None, inputs: Sequence[torch.Tensor | None], pivots: torch.Tensor, start: int, *,
-                  dtype: torch.dtype = torch.int32) -> torch.Tensor:
-    """For each pivot p: #(|δ| < p) and #(|δ| ≤ p), as (2, P) counts of `dtype` (inputs: x, b).
-    int32 sums vectorize where int64 ones do not (3x faster on CPU); callers pass int64
-    for tensors of 2³¹ entries or more."""
-    x, b = inputs
-    a = _delta(x, b).abs()
-    below = [(a < pivots[j]).to(dtype).sum(dtype=dtype) for j in range(pivots.numel())]
-    at_most = [(a <= pivots[j]).to(dtype).sum(dtype=dtype) for j in range(pivots.numel())]
-    return torch.stack([torch.stack(below), torch.stack(at_most)])
+                  owners: tuple[int, ...], dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """For each row k of pivots (K, P), over the magnitudes |x − b| of model owners[k]:
+    #(< p) and #(≤ p) per pivot p, as (K, 2, P) counts of `dtype` (inputs: b or None, then
+    the models), in one pass that reads the base once. int32 sums vectorize where int64
+    ones do not (3x faster on CPU); callers pass int64 for 2³¹ entries or more."""
+    b, *xs = inputs
+    mags = [_delta(x, b).abs() for x in xs]
+    rows = []
+    for k, m in enumerate(owners):
+        a = mags[m]
+        below = [(a < pivots[k, j]).to(dtype).sum(dtype=dtype) for j in range(pivots.shape[1])]
+        at_most = [(a <= pivots[k, j]).to(dtype).sum(dtype=dtype) for j in range(pivots.shape[1])]
+        rows.append(torch.stack([torch.stack(below), torch.stack(at_most)]))
+    return torch.stack(rows)
 
 
 def mark_range_(out: torch.Tensor, inputs: Sequence[torch.Tensor | None], low: torch.Tensor, high: torch.Tensor,

@@ -24,6 +24,7 @@ arbitrary; with distinct magnitudes both select the same entries.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +50,34 @@ class Threshold:
 
 def magnitude_at_rank(x: torch.Tensor, b: torch.Tensor | None, rank: int) -> Threshold:
     """The `rank`-th smallest (1-based) of |x − b| over flat tensors, exactly."""
-    n = x.numel()
-    if not 1 <= rank <= n:
-        raise ValueError(f"rank {rank} is out of range for {n} elements")
+    return magnitudes_at_ranks([x], b, [[rank]])[0][0]
+
+
+def magnitudes_at_ranks(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
+                        ranks: Sequence[Sequence[int]]) -> list[list[Threshold]]:
+    """For each model i and each rank r in ranks[i], the r-th smallest (1-based) of
+    |x_i − b| over flat tensors, exactly. Every model's counting is one pass, which reads
+    the base once."""
+    n = b.numel() if b is not None else xs[0].numel()
+    for rs in ranks:
+        for rank in rs:
+            if not 1 <= rank <= n:
+                raise ValueError(f"rank {rank} is out of range for {n} elements")
     if n <= DIRECT_SELECT:
-        return Threshold(*_select_directly(x, b, rank))
-    return Threshold(*_select_by_counting(x, b, rank))
+        return [[Threshold(*_select_directly(x, b, r)) for r in rs] for x, rs in zip(xs, ranks)]
+    wanted = [(i, r) for i, rs in enumerate(ranks) for r in rs]
+    models = sorted({i for i, _ in wanted})
+    slot = {i: s for s, i in enumerate(models)}
+    samples = {i: _sample(xs[i], b) for i in models}
+    pivots = torch.stack([_pivots(samples[i], r / n) for i, r in wanted])
+    counts = run(kernels.count_at_most, None, [b, *(xs[i] for i in models)], pivots.to(xs[0].device),
+                 owners=tuple(slot[i] for i, _ in wanted), dtype=torch.int32 if n < 2**31 else torch.int64).cpu()
+    found = [_resolve(xs[i], b, r, pivots[k].tolist(), counts[k, 0].tolist(), counts[k, 1].tolist())
+             for k, (i, r) in enumerate(wanted)]
+    out: list[list[Threshold]] = [[] for _ in ranks]
+    for (i, _), threshold in zip(wanted, found):
+        out[i].append(threshold)
+    return out
 
 
 def tie_cut(x: torch.Tensor, b: torch.Tensor | None, threshold: Threshold, need: int) -> int:
@@ -71,31 +94,33 @@ def _magnitudes(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
 
 
 def _select_directly(x: torch.Tensor, b: torch.Tensor | None, rank: int) -> tuple[float, int, int]:
+    """torch.kthvalue on every magnitude: small tensors."""
     mags = _magnitudes(x, b)
     t = float(torch.kthvalue(mags.cpu() if mags.device.type == "mps" else mags, rank).values)
     return t, int((mags < t).sum()), int((mags == t).sum())
 
 
-def _select_by_counting(x: torch.Tensor, b: torch.Tensor | None, rank: int) -> tuple[float, int, int]:
+def _sample(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """A sorted sample of n/256 magnitudes (within SAMPLE_BOUNDS), at a prime stride."""
     n = x.numel()
-    size = min(max(n // 256, SAMPLE_BOUNDS[0]), SAMPLE_BOUNDS[1])
-    stride = prime_at_least(n // size)
+    stride = prime_at_least(n // min(max(n // 256, SAMPLE_BOUNDS[0]), SAMPLE_BOUNDS[1]))
     offset = stride // 2
-    sample = torch.sort(_magnitudes(x[offset::stride], None if b is None else b[offset::stride])).values
-    pivots = _pivots(sample, rank / n)
-    counts = run(kernels.count_at_most, None, [x, b], pivots.to(x.device),
-                 dtype=torch.int32 if n < 2**31 else torch.int64).cpu()
-    below, at_most = counts[0].tolist(), counts[1].tolist()
-    values = pivots.tolist()
+    return torch.sort(_magnitudes(x[offset::stride], None if b is None else b[offset::stride])).values
+
+
+def _resolve(x: torch.Tensor, b: torch.Tensor | None, rank: int, values: list[float], below: list[int],
+             at_most: list[int]) -> Threshold:
+    """The threshold at `rank` from the counts at its pivots: a pivot itself, or found among
+    the magnitudes between the two pivots around it (gathered in a second pass)."""
     j = next(i for i, c in enumerate(at_most) if c >= rank)
     if below[j] < rank:  # t is pivot j
-        return values[j], below[j], at_most[j] - below[j]
+        return Threshold(values[j], below[j], at_most[j] - below[j])
     low = values[j - 1] if j > 0 else -1.0
     before = at_most[j - 1] if j > 0 else 0
     index = _marked(x, b, low, prev_float32(values[j])).nonzero().view(-1)
     candidates = _magnitudes(x[index], None if b is None else b[index])
     t = float(torch.kthvalue(candidates.cpu(), rank - before).values)
-    return t, before + int((candidates < t).sum()), int((candidates == t).sum())
+    return Threshold(t, before + int((candidates < t).sum()), int((candidates == t).sum()))
 
 
 def _pivots(sample: torch.Tensor, q: float) -> torch.Tensor:

@@ -27,10 +27,10 @@ from merging.compile import compiled_kernel, run, will_compile
 from merging.finite import NonFiniteMergeError
 from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, check_della,
                                 model_seed, prev_float32, top_k_count, trivial, window_ranks)
-from merging.selection import magnitude_at_rank, tie_cut
+from merging.selection import Threshold, magnitudes_at_ranks, tie_cut
 
 RESCALE_NORMS = ("l1", "inverse_density")
-DELLA_ROW_BLOCK = 1 << 16   # DELLA's tables are built over blocks of whole rows of about this many entries
+DELLA_ROW_BLOCK = 1 << 20   # DELLA histograms rows in blocks of about this many entries (a 4 MB slot buffer)
 
 
 def rescale_mode(rescale: bool, rescale_norm: str) -> str | None:
@@ -91,12 +91,14 @@ def merge_task_vectors(
     rows = _row_layout(base, rules)
     flat_base = _flat(base, rows)
     flats = [_flat(t, rows) for t in tensors]
-    keeps = [_keep(rule, _draw_seed(rule, i), x, flat_base, rows) for i, (rule, x) in enumerate(zip(rules, flats))]
+    found = _thresholds(flats, flat_base, rules)
+    keeps = [_keep(rule, _draw_seed(rule, i), x, flat_base, rows, th)
+             for i, (rule, x, th) in enumerate(zip(rules, flats, found))]
     divisor = float(sum(weight)) if normalize and not consensus else 1.0
     if abs(divisor) < 1e-8:
         divisor = 1.0
-    for x, w, rule, keep in zip(flats, weight, rules, keeps):
-        scale = _rescale_factor(x, flat_base, rule, keep) if keep.f[kernels.COEF] != 0 else 1.0
+    factors, masks = _rescale_factors(flats, flat_base, rules, keeps)
+    for w, keep, scale in zip(weight, keeps, factors):
         if consensus:
             keep.f[kernels.COEF] *= float(w) * scale
             keep.f[kernels.WEIGHT] = float(w)
@@ -104,7 +106,7 @@ def merge_task_vectors(
             keep.f[kernels.COEF] *= float(lambda_) * float(w) * scale / divisor
     out = torch.empty(flat_base.numel(), dtype=out_dtype, device=base.device)
     device = base.device
-    bad = run(kernels.mix_, out, [flat_base, *flats], torch.stack([k.f for k in keeps]).to(device),
+    bad = run(kernels.mix_, out, [flat_base, *flats, *masks], torch.stack([k.f for k in keeps]).to(device),
               torch.stack([k.k for k in keeps]).to(device), [k.della for k in keeps],
               torch.tensor(float(lambda_), device=device),
               kinds=tuple(k.kind for k in keeps), consensus=consensus, normalize=normalize)
@@ -121,11 +123,12 @@ def sparsify(tensor: torch.Tensor, rule: KeepRule) -> torch.Tensor:
         rescale_mode(True, rule.rescale_norm)
     rows = _row_layout(tensor, [rule])
     x = _flat(tensor, rows)
-    keep = _keep(rule, getattr(rule, "seed", 0), x, None, rows)
-    keep.f[kernels.COEF] *= _rescale_factor(x, None, rule, keep) if keep.f[kernels.COEF] != 0 else 1.0
+    keep = _keep(rule, getattr(rule, "seed", 0), x, None, rows, _thresholds([x], None, [rule])[0])
+    factors, masks = _rescale_factors([x], None, [rule], [keep])
+    keep.f[kernels.COEF] *= factors[0]
     out = torch.empty(x.numel(), dtype=torch.float32, device=tensor.device)
     zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(x.numel())
-    run(kernels.mix_, out, [zero, x], keep.f[None].to(tensor.device), keep.k[None].to(tensor.device), [keep.della],
+    run(kernels.mix_, out, [zero, x, *masks], keep.f[None].to(tensor.device), keep.k[None].to(tensor.device), [keep.della],
         torch.tensor(1.0, device=tensor.device), kinds=(keep.kind,), consensus=False, normalize=False)
     return _unflat(out, tensor.shape, rows)
 
@@ -147,8 +150,32 @@ def _draw_seed(rule: KeepRule | None, model: int) -> int:
     return model_seed(rule.seed, model) if isinstance(rule, (RandomDrop, DellaDrop)) else 0
 
 
-def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | None, rows: int | None) -> Keep:
-    """The kernel's keep parameters for one model (coef 1, weight 1 before the mix's own)."""
+def ranks_needed(rule: KeepRule | None, n: int) -> list[int]:
+    """The (1-based, ascending) magnitude ranks whose values a rule's thresholds are made of."""
+    if trivial(rule) is not None:
+        return []
+    if isinstance(rule, TopK):
+        return [n - top_k_count(rule.density, n) + 1]
+    if isinstance(rule, RankWindow):
+        start, stop = window_ranks(rule, n)
+        return [r for r in (start, stop) if 0 < r < n] if start < stop else []
+    return []
+
+
+def _thresholds(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
+                rules: Sequence[KeepRule | None]) -> list[list[Threshold]]:
+    """Every rank threshold of every model, from one counting pass over all of them."""
+    n = xs[0].numel()
+    ranks = [ranks_needed(rule, n) for rule in rules]
+    if not any(ranks):
+        return [[] for _ in rules]
+    return magnitudes_at_ranks(xs, b, ranks)
+
+
+def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | None, rows: int | None,
+          thresholds: Sequence[Threshold] = ()) -> Keep:
+    """The kernel's keep parameters for one model (coef 1, weight 1 before the mix's own),
+    given the magnitudes at `ranks_needed(rule, n)`."""
     n = x.numel()
     state = trivial(rule)
     if state is not None:
@@ -159,7 +186,7 @@ def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | N
     if isinstance(rule, TopK):  # keep descending ranks [0, k): v ≥ t before the cut, v > t after
         keep = _blank("window")
         k = top_k_count(rule.density, n)
-        th = magnitude_at_rank(x, b, n - k + 1)
+        (th,) = thresholds
         keep.k[kernels.LO_CUT] = tie_cut(x, b, th, k - (n - th.n_less - th.n_equal))
         keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = prev_float32(th.value), th.value
         return keep
@@ -169,12 +196,13 @@ def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | N
         if start >= stop:
             keep.f[kernels.COEF] = 0.0
             return keep
+        found = iter(thresholds)
         if start > 0:  # drop ranks < start: v ≤ t before the cut, v < t after
-            th = magnitude_at_rank(x, b, start)
+            th = next(found)
             keep.k[kernels.LO_CUT] = tie_cut(x, b, th, start - th.n_less)
             keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = th.value, prev_float32(th.value)
         if stop < n:  # drop ranks ≥ stop: keep v ≤ t before the cut, v < t after
-            th = magnitude_at_rank(x, b, stop)
+            th = next(found)
             keep.k[kernels.HI_CUT] = tie_cut(x, b, th, stop - th.n_less)
             keep.f[kernels.HI_HEAD], keep.f[kernels.HI_TAIL] = th.value, prev_float32(th.value)
         return keep
@@ -192,16 +220,33 @@ def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | N
     raise TypeError(f"unknown keep rule {rule!r}")
 
 
-def _rescale_factor(x: torch.Tensor, b: torch.Tensor | None, rule: KeepRule | None, keep: Keep) -> float:
-    norm = None if trivial(rule) is not None else rule.rescale_norm
-    if norm == "l1":
-        sums = run(kernels.l1_norms, None, [x, b], keep.f.to(x.device), keep.k.to(x.device), keep.della,
-                   kind=keep.kind).cpu()
-        before, after = float(sums[0]), float(sums[1])
-        return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
-    if norm == "inverse_density":  # DELLA's per-entry 1/p is applied in the mix
-        return 1.0 if isinstance(rule, DellaDrop) else 1.0 / rule.density
-    return 1.0
+def _rescale_factors(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: Sequence[KeepRule | None],
+                     keeps: Sequence[Keep]) -> tuple[list[float], list[torch.Tensor]]:
+    """Each model's scalar rescale: ‖δ‖₁/‖keep(δ)‖₁ for "l1" (one pass over every model that
+    needs it), 1/density for "inverse_density" (DELLA's per-entry 1/p is applied in the mix).
+    DELLA's keep mask is written by that pass (int8, one byte an entry) and its model's kind
+    becomes "mask": the mix reads the mask instead of ranking and drawing again. Returns the
+    factors and the masks, in model order."""
+    norms = [None if trivial(r) is not None or k.f[kernels.COEF] == 0 else r.rescale_norm for r, k in zip(rules, keeps)]
+    factors = [1.0 / r.density if n == "inverse_density" and not isinstance(r, DellaDrop) else 1.0
+               for r, n in zip(rules, norms)]
+    l1 = [i for i, n in enumerate(norms) if n == "l1"]
+    masks: dict[int, torch.Tensor] = {}
+    if l1:
+        device = xs[0].device
+        # DELLA's keep test (a row, a bin, a table lookup, a draw) costs more to redo in the
+        # mix than a mask costs to write and read (2.9 -> 2.5 s on the example family); DARE's
+        # draw alone does not (0.52 -> 0.65 s), so DARE draws again.
+        masks = {i: torch.empty(xs[i].numel(), dtype=torch.int8, device=device) for i in l1
+                 if keeps[i].kind == "della"}
+        sums = run(kernels.l1_norms, [masks.get(i) for i in l1], [b, *(xs[i] for i in l1)],
+                   torch.stack([keeps[i].f for i in l1]).to(device), torch.stack([keeps[i].k for i in l1]).to(device),
+                   [keeps[i].della for i in l1], kinds=tuple(keeps[i].kind for i in l1)).cpu().tolist()
+        for i, (before, after) in zip(l1, sums):
+            factors[i] = before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
+        for i in masks:
+            keeps[i].kind, keeps[i].della = "mask", None
+    return factors, [masks[i] for i in sorted(masks)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ def ties(
     normalize: bool = True,
     rescale: bool = False,
     lambda_: float = 1.0,
+    rescale_norm: str = "l1",
     int8_mask: bool = False,
     out_dtype: torch.dtype | None = None,
-    rescale_norm: str = "l1",
 ) -> torch.Tensor:
     norm = rescale_mode(rescale, rescale_norm)
     check_per_model(tensors, density=density)
