@@ -89,13 +89,9 @@ def tie_cut(x: torch.Tensor, b: torch.Tensor | None, threshold: Threshold, need:
     return _nth_equal(x, b, threshold.value, need) + 1
 
 
-def _magnitudes(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return (x.float() if b is None else x.float() - b.float()).abs()
-
-
 def _select_directly(x: torch.Tensor, b: torch.Tensor | None, rank: int) -> tuple[float, int, int]:
     """torch.kthvalue on every magnitude: small tensors."""
-    mags = _magnitudes(x, b)
+    mags = kernels.magnitudes(x, b)
     t = float(torch.kthvalue(mags.cpu() if mags.device.type == "mps" else mags, rank).values)
     return t, int((mags < t).sum()), int((mags == t).sum())
 
@@ -105,7 +101,7 @@ def _sample(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     n = x.numel()
     stride = prime_at_least(n // min(max(n // 256, SAMPLE_BOUNDS[0]), SAMPLE_BOUNDS[1]))
     offset = stride // 2
-    return torch.sort(_magnitudes(x[offset::stride], None if b is None else b[offset::stride])).values
+    return torch.sort(kernels.magnitudes(x[offset::stride], None if b is None else b[offset::stride])).values
 
 
 def _resolve(x: torch.Tensor, b: torch.Tensor | None, rank: int, values: list[float], below: list[int],
@@ -118,7 +114,7 @@ def _resolve(x: torch.Tensor, b: torch.Tensor | None, rank: int, values: list[fl
     low = values[j - 1] if j > 0 else -1.0
     before = at_most[j - 1] if j > 0 else 0
     index = _marked(x, b, low, prev_float32(values[j])).nonzero().view(-1)
-    candidates = _magnitudes(x[index], None if b is None else b[index])
+    candidates = kernels.magnitudes(x[index], None if b is None else b[index])
     t = float(torch.kthvalue(candidates.cpu(), rank - before).values)
     return Threshold(t, before + int((candidates < t).sum()), int((candidates == t).sum()))
 

@@ -279,10 +279,15 @@ def _della_tables(x: torch.Tensor, b: torch.Tensor | None, rule: DellaDrop,
                   row_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(keep probability per row and bin, flat; each row's floor key; row length): p =
     (density − ε) + 2ε·r in float64, then float32, r the bin's mean normalized rank."""
-    check_della(rule.density, rule.epsilon)
     ranks, floors = _della_ranks(x, b, row_len)
-    table = ranks.mul_(2 * rule.epsilon).add_(rule.density - rule.epsilon).float()
+    table = _keep_probabilities(ranks, rule.density, rule.epsilon)
     return table.view(-1), floors, torch.tensor(row_len, device=x.device)
+
+
+def _keep_probabilities(ranks: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's p = (density − ε) + 2ε·r from normalized ranks r, in float64, then float32."""
+    check_della(density, epsilon)
+    return ranks.mul_(2 * epsilon).add_(density - epsilon).float()
 
 
 def _della_ranks(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +326,7 @@ def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: floa
     kept with probability density − ε, the largest with density + ε, and a row's mean is
     density."""
     check_della(density, epsilon)
-    return _per_entry(tensor, lambda ranks: ranks.mul_(2 * epsilon).add_(density - epsilon).float())
+    return _per_entry(tensor, lambda ranks: _keep_probabilities(ranks, density, epsilon))
 
 
 def della_rank_norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -335,7 +340,7 @@ def _per_entry(tensor: torch.Tensor, table_of: Callable[[torch.Tensor], torch.Te
     rows = _row_layout(tensor, [DellaDrop(0.5, 0.25, 0)]) or 1
     x = _flat(tensor, rows)
     ranks, floors = _della_ranks(x, None, rows)
-    row = torch.arange(x.numel(), device=x.device) // rows
-    slot = row * kernels.DELLA_BINS + kernels.della_bin(x.float().abs(), floors[row])
-    values = table_of(ranks).view(-1)[slot]
+    index = torch.arange(x.numel(), device=x.device)
+    values = kernels.della_lookup(table_of(ranks).view(-1), floors, torch.tensor(rows, device=x.device),
+                                  kernels.magnitudes(x, None), index)
     return _unflat(values, tensor.shape, rows)
