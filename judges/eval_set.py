@@ -163,6 +163,7 @@ class EvalSet(Sequence[EvalItem]):
     items: tuple[EvalItem, ...]
     source: str | None = None
     content_hash: str = field(init=False, compare=False)
+    by_id: Mapping[str, EvalItem] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
@@ -171,6 +172,7 @@ class EvalSet(Sequence[EvalItem]):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
             raise ValueError(f"eval set {self.name!r}: duplicate id {dup!r}")
         object.__setattr__(self, "content_hash", _hash_items(self.items))
+        object.__setattr__(self, "by_id", {it.id: it for it in self.items})
 
     # Sequence protocol ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -189,14 +191,13 @@ class EvalSet(Sequence[EvalItem]):
     # Helpers ------------------------------------------------------------------------------------
     @property
     def ids(self) -> tuple[str, ...]:
-        return tuple(it.id for it in self.items)
+        return tuple(self.by_id)
 
     def get(self, item_id: str) -> EvalItem:
         """The item with this id (KeyError names the set)."""
-        for it in self.items:
-            if it.id == item_id:
-                return it
-        raise KeyError(f"eval set {self.name!r} has no item {item_id!r}")
+        if item_id not in self.by_id:
+            raise KeyError(f"eval set {self.name!r} has no item {item_id!r}")
+        return self.by_id[item_id]
 
     def counts_by_category(self) -> dict[str, int]:
         """Items per category, both categories always present (a set with no unsafe items cannot

@@ -43,7 +43,7 @@ class RandomDrop:
     `uniform_draws(seed, index)`, the same on every device and in both code paths."""
 
     density: float
-    seed: int
+    seed: int = 0
     rescale_norm: str | None = None
 
 
@@ -56,7 +56,7 @@ class DellaDrop:
 
     density: float
     epsilon: float
-    seed: int
+    seed: int = 0
     rescale_norm: str | None = None
 
     def __post_init__(self) -> None:

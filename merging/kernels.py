@@ -237,6 +237,18 @@ def count_at_most(out: None, inputs: Sequence[torch.Tensor | None], pivots: torc
     return torch.stack(rows)
 
 
+def count_equal_blocks(inputs: Sequence[torch.Tensor | None], values: torch.Tensor, *, owners: tuple[int, ...],
+                       block: int) -> torch.Tensor:
+    """For each k, how many magnitudes |x − b| of model owners[k] equal values[k] in each
+    block of `block` entries, as (K, n / block) int32 counts (inputs: b or None, then the
+    models; n a multiple of block), in one pass that reads the base once: where each tie's
+    n-th member lies, to the block, for every tie cut of a merge at once."""
+    b, *xs = inputs
+    mags = [magnitudes(x, b) for x in xs]
+    return torch.stack([(mags[m] == values[k]).view(-1, block).to(torch.int32).sum(dim=1, dtype=torch.int32)
+                        for k, m in enumerate(owners)])
+
+
 def mark_range_(out: torch.Tensor, inputs: Sequence[torch.Tensor | None], low: torch.Tensor, high: torch.Tensor,
                 start: int) -> None:
     """out = 1 where low < |δ| ≤ high, else 0, as int8 (inputs: x, b). int8, because a
@@ -252,8 +264,16 @@ def della_row_floors(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return della_key(magnitudes(x, b)).amax(dim=1) - (DELLA_BINS - 1)
 
 
-def della_slots_(out: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, floors: torch.Tensor) -> None:
-    """out[r, j] = r·DELLA_BINS + the bin of entry (r, j) (int32): what a histogram of the
-    rows' bins counts (`torch.bincount` of `out`)."""
-    rows = torch.arange(x.shape[0], dtype=torch.int32, device=x.device).unsqueeze(1)
-    out.copy_(rows * DELLA_BINS + della_bin(magnitudes(x, b), floors.unsqueeze(1)))
+def della_table(counts: torch.Tensor, inverse: torch.Tensor, span: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """DELLA's keep probability per row and bin from the rows' bin counts (rows × DELLA_BINS):
+    p = low + span·r with r = (2·below + count − 1)·inverse, the bin's mean normalized rank
+    (inverse = 1/(2(L − 1))), in float64, then float32. One pass over a table that can hold
+    almost half as many entries as the tensor (rows of 576, 256 bins)."""
+    below = counts.cumsum(1) - counts
+    return ((below * 2 + counts - 1).double() * inverse * span + low).float()
+
+
+def della_bins_(out: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, floors: torch.Tensor) -> None:
+    """out[r, j] = the bin of entry (r, j) (int64: what `scatter_add_` along the rows takes
+    to histogram every row at once, in parallel over rows)."""
+    out.copy_(della_bin(magnitudes(x, b), floors.unsqueeze(1)))

@@ -14,8 +14,9 @@ passes over memory; here it costs one counting pass, and rarely a second:
    counts give it, with its ties; otherwise t lies strictly between two adjacent pivots,
    and a second pass gathers the magnitudes there (a fraction of a percent of them) for
    torch.kthvalue. A sample that misses (structured data) only makes that set bigger.
-3. If the cut falls inside the tie at t, a pass marks the entries equal to t and a
-   bisection on counts finds the one where it falls.
+3. If the cut falls inside the tie at t, one pass counts the entries equal to t per block
+   of 4096, for every cut of every model of the merge together, and the cut's block is
+   searched.
 
 mergekit takes a window of an unstable argsort, so its choice among equal magnitudes is
 arbitrary; with distinct magnitudes both select the same entries.
@@ -30,13 +31,14 @@ from dataclasses import dataclass
 import torch
 
 from merging import kernels
-from merging.compile import run
+from merging.compile import compiled_kernel, run, will_compile
 from merging.keep_rules import prev_float32, prime_at_least
 
 SAMPLE_BOUNDS = (1 << 10, 1 << 14)   # sample size: n/256 between these
 DIRECT_SELECT = 1 << 16              # smaller tensors: torch.kthvalue on every magnitude
 BRACKET_SIGMAS = 4.0                 # bracket half-width in binomial standard deviations
 PIVOTS = 4                           # counted per pass (a fixed number: one compiled kernel)
+TIE_BLOCK = 1 << 12                  # tie counts per block of this many entries
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,44 @@ def tie_cut(x: torch.Tensor, b: torch.Tensor | None, threshold: Threshold, need:
     """One past the index of the `need`-th entry (index order) whose magnitude equals the
     threshold: where a rank boundary splits the tie. n when the whole tie is taken, and
     for a threshold of 0 (ties at 0 stay 0 whichever side they fall on)."""
-    if need >= threshold.n_equal or threshold.value == 0.0:
-        return x.numel()
-    return _nth_equal(x, b, threshold.value, need) + 1
+    return tie_cuts([x], b, [(0, threshold, need)])[0]
+
+
+def tie_cuts(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
+             requests: Sequence[tuple[int, Threshold, int]]) -> list[int]:
+    """`tie_cut(xs[model], b, threshold, need)` for each (model, threshold, need). Compiled,
+    every cut of every model costs one pass together (`kernels.count_equal_blocks` finds
+    each one's block, then one block is searched); eagerly, each is a marking pass and a
+    bisection. Deltas of bf16 checkpoints take few distinct values, so most thresholds are
+    tied and a TIES or Breadcrumbs merge has a cut per model and boundary."""
+    n = xs[0].numel()
+    cuts = [n] * len(requests)
+    pending = [(k, m, th, need) for k, (m, th, need) in enumerate(requests) if need < th.n_equal and th.value != 0.0]
+    if not pending:
+        return cuts
+    full = n // TIE_BLOCK * TIE_BLOCK
+    if full == 0 or not will_compile(n, xs[0].device):
+        for k, m, th, need in pending:
+            cuts[k] = _nth_equal(xs[m], b, th.value, need) + 1
+        return cuts
+    models = sorted({m for _, m, _, _ in pending})
+    slot = {m: s for s, m in enumerate(models)}
+    values = torch.tensor([th.value for _, _, th, _ in pending], dtype=torch.float32, device=xs[0].device)
+    counts = compiled_kernel(kernels.count_equal_blocks)(
+        [None if b is None else b[:full], *(xs[m][:full] for m in models)], values,
+        owners=tuple(slot[m] for _, m, _, _ in pending), block=TIE_BLOCK)
+    totals = counts.cumsum(dim=1).cpu()
+    for row, (k, m, th, need) in enumerate(pending):
+        block = int(torch.searchsorted(totals[row], need)) if need <= int(totals[row, -1]) else full // TIE_BLOCK
+        before = int(totals[row, block - 1]) if block > 0 else 0
+        start = block * TIE_BLOCK
+        stop = min(n, start + TIE_BLOCK) if block < full // TIE_BLOCK else n
+        seg = kernels.magnitudes(xs[m][start:stop], None if b is None else b[start:stop])
+        hits = (seg == th.value).nonzero().view(-1)
+        if need - before > hits.numel():
+            raise ValueError("fewer entries equal to the threshold than counted")
+        cuts[k] = start + int(hits[need - before - 1]) + 1
+    return cuts
 
 
 def _select_directly(x: torch.Tensor, b: torch.Tensor | None, rank: int) -> tuple[float, int, int]:

@@ -27,10 +27,10 @@ from merging.compile import compiled_kernel, run, will_compile
 from merging.finite import NonFiniteMergeError
 from merging.keep_rules import (RESCALE_EPS, DellaDrop, KeepRule, RandomDrop, RankWindow, TopK, check_della,
                                 model_seed, prev_float32, top_k_count, trivial, window_ranks)
-from merging.selection import Threshold, magnitudes_at_ranks, tie_cut
+from merging.selection import Threshold, magnitudes_at_ranks, tie_cuts
 
 RESCALE_NORMS = ("l1", "inverse_density")
-DELLA_ROW_BLOCK = 1 << 20   # DELLA histograms rows in blocks of about this many entries (a 4 MB slot buffer)
+DELLA_ROW_BLOCK = 1 << 20   # DELLA histograms rows in blocks of about this many entries (an 8 MB bin buffer)
 
 
 def rescale_mode(rescale: bool, rescale_norm: str) -> str | None:
@@ -45,6 +45,34 @@ def check_per_model(tensors: Sequence[torch.Tensor], **params: Sequence[object])
     for name, values in params.items():
         if len(values) != len(tensors):
             raise ValueError(f"{name}: expected {len(tensors)} values (one per model), got {len(values)}")
+
+
+def sparse_merge(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    rule: Callable[..., KeepRule],
+    per_model: dict[str, Sequence[float]],
+    *,
+    weight: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    rescale_norm: str,
+    lambda_: float,
+    out_dtype: torch.dtype | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """What every sparsifying method does once its signature has named its parameters:
+    one `rule(**per_model[i], [seed], rescale_norm)` per model (the seed is the generator's,
+    for the random rules), then `merge_task_vectors`. Kept here so that a method file holds
+    its formula and signature and nothing else."""
+    check_per_model(tensors, **per_model)
+    norm = rescale_mode(rescale, rescale_norm)
+    seeded = {} if generator is None else {"seed": generator.initial_seed()}
+    rules = [rule(**{name: values[i] for name, values in per_model.items()}, **seeded, rescale_norm=norm)
+             for i in range(len(tensors))]
+    return merge_task_vectors(tensors, base, weight=weight, consensus=consensus, normalize=normalize,
+                              lambda_=lambda_, rules=rules, out_dtype=out_dtype)
 
 
 @dataclass
@@ -92,8 +120,7 @@ def merge_task_vectors(
     flat_base = _flat(base, rows)
     flats = [_flat(t, rows) for t in tensors]
     found = _thresholds(flats, flat_base, rules)
-    keeps = [_keep(rule, _draw_seed(rule, i), x, flat_base, rows, th)
-             for i, (rule, x, th) in enumerate(zip(rules, flats, found))]
+    keeps = _keeps(rules, [_draw_seed(rule, i) for i, rule in enumerate(rules)], flats, flat_base, rows, found)
     divisor = float(sum(weight)) if normalize and not consensus else 1.0
     if abs(divisor) < 1e-8:
         divisor = 1.0
@@ -123,7 +150,7 @@ def sparsify(tensor: torch.Tensor, rule: KeepRule) -> torch.Tensor:
         rescale_mode(True, rule.rescale_norm)
     rows = _row_layout(tensor, [rule])
     x = _flat(tensor, rows)
-    keep = _keep(rule, getattr(rule, "seed", 0), x, None, rows, _thresholds([x], None, [rule])[0])
+    (keep,) = _keeps([rule], [getattr(rule, "seed", 0)], [x], None, rows, _thresholds([x], None, [rule]))
     factors, masks = _rescale_factors([x], None, [rule], [keep])
     keep.f[kernels.COEF] *= factors[0]
     out = torch.empty(x.numel(), dtype=torch.float32, device=tensor.device)
@@ -172,10 +199,27 @@ def _thresholds(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
     return magnitudes_at_ranks(xs, b, ranks)
 
 
+def _keeps(rules: Sequence[KeepRule | None], seeds: Sequence[int], xs: Sequence[torch.Tensor],
+           b: torch.Tensor | None, rows: int | None, found: Sequence[Sequence[Threshold]]) -> list[Keep]:
+    """Every model's keep parameters, the tie cuts of all of them found together
+    (`selection.tie_cuts`: one pass instead of one or two per cut)."""
+    cuts: list[tuple[int, Keep, int, Threshold, int]] = []
+    keeps = []
+    for i, (rule, seed, x, thresholds) in enumerate(zip(rules, seeds, xs, found)):
+        pending: list[tuple[Keep, int, Threshold, int]] = []
+        keeps.append(_keep(rule, seed, x, b, rows, thresholds, pending))
+        cuts += [(i, *cut) for cut in pending]
+    positions = tie_cuts(xs, b, [(i, th, need) for i, _, _, th, need in cuts])
+    for (_, keep, field, _, _), position in zip(cuts, positions):
+        keep.k[field] = position
+    return keeps
+
+
 def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | None, rows: int | None,
-          thresholds: Sequence[Threshold] = ()) -> Keep:
-    """The kernel's keep parameters for one model (coef 1, weight 1 before the mix's own),
-    given the magnitudes at `ranks_needed(rule, n)`."""
+          thresholds: Sequence[Threshold], cuts: list[tuple[Keep, int, Threshold, int]]) -> Keep:
+    """One model's keep parameters (coef 1, weight 1 before the mix's own), given the
+    magnitudes at `ranks_needed(rule, n)`; a threshold whose tie the rule splits is left
+    in `cuts` as (keep, LO_CUT or HI_CUT, threshold, how many of its tie to take)."""
     n = x.numel()
     state = trivial(rule)
     if state is not None:
@@ -187,7 +231,7 @@ def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | N
         keep = _blank("window")
         k = top_k_count(rule.density, n)
         (th,) = thresholds
-        keep.k[kernels.LO_CUT] = tie_cut(x, b, th, k - (n - th.n_less - th.n_equal))
+        cuts.append((keep, kernels.LO_CUT, th, k - (n - th.n_less - th.n_equal)))
         keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = prev_float32(th.value), th.value
         return keep
     if isinstance(rule, RankWindow):  # ascending ranks [start, stop)
@@ -199,11 +243,11 @@ def _keep(rule: KeepRule | None, seed: int, x: torch.Tensor, b: torch.Tensor | N
         found = iter(thresholds)
         if start > 0:  # drop ranks < start: v ≤ t before the cut, v < t after
             th = next(found)
-            keep.k[kernels.LO_CUT] = tie_cut(x, b, th, start - th.n_less)
+            cuts.append((keep, kernels.LO_CUT, th, start - th.n_less))
             keep.f[kernels.LO_HEAD], keep.f[kernels.LO_TAIL] = th.value, prev_float32(th.value)
         if stop < n:  # drop ranks ≥ stop: keep v ≤ t before the cut, v < t after
             th = next(found)
-            keep.k[kernels.HI_CUT] = tie_cut(x, b, th, stop - th.n_less)
+            cuts.append((keep, kernels.HI_CUT, th, stop - th.n_less))
             keep.f[kernels.HI_HEAD], keep.f[kernels.HI_TAIL] = th.value, prev_float32(th.value)
         return keep
     if isinstance(rule, RandomDrop):
@@ -279,35 +323,46 @@ def _della_tables(x: torch.Tensor, b: torch.Tensor | None, rule: DellaDrop,
                   row_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(keep probability per row and bin, flat; each row's floor key; row length): p =
     (density − ε) + 2ε·r in float64, then float32, r the bin's mean normalized rank."""
-    ranks, floors = _della_ranks(x, b, row_len)
-    table = _keep_probabilities(ranks, rule.density, rule.epsilon)
+    check_della(rule.density, rule.epsilon)
+    counts, floors = _della_counts(x, b, row_len)
+    if row_len == 1:
+        table = _keep_probabilities(della_bin_ranks(counts, row_len), rule.density, rule.epsilon)
+    else:
+        def scalar(value: float) -> torch.Tensor:
+            return torch.tensor(value, dtype=torch.float64, device=x.device)
+        kernel = compiled_kernel(kernels.della_table) if will_compile(counts.numel(), x.device) else kernels.della_table
+        table = kernel(counts, scalar(1.0 / (2.0 * (row_len - 1))), scalar(2 * rule.epsilon),
+                       scalar(rule.density - rule.epsilon))
     return table.view(-1), floors, torch.tensor(row_len, device=x.device)
 
 
 def _keep_probabilities(ranks: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
-    """DELLA's p = (density − ε) + 2ε·r from normalized ranks r, in float64, then float32."""
+    """DELLA's p = (density − ε) + 2ε·r from normalized ranks r, in float64, then float32
+    (what `kernels.della_table` computes from counts)."""
     check_della(density, epsilon)
     return ranks.mul_(2 * epsilon).add_(density - epsilon).float()
 
 
-def _della_ranks(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row and bin the mean normalized rank (float64, rows × DELLA_BINS), and each row's
-    floor key: a pass for the rows' largest magnitudes, then, over blocks of whole rows, a
-    pass writing each entry's (row, bin) slot into a cache-sized buffer and a bincount of it."""
+def _della_counts(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, how many magnitudes fall in each bin (rows × DELLA_BINS, int32), and each
+    row's floor key: a pass for the rows' largest magnitudes, then, over blocks of whole
+    rows, a pass writing each entry's bin into a cache-sized buffer and a `scatter_add_`
+    of it along the rows (parallel over rows, twice as fast as a bincount)."""
     n_rows = x.numel() // row_len
     x2, b2 = x.view(n_rows, row_len), None if b is None else b.view(n_rows, row_len)
     compiled = will_compile(x.numel(), x.device)
     floors = (compiled_kernel(kernels.della_row_floors) if compiled else kernels.della_row_floors)(x2, b2)
-    slots = compiled_kernel(kernels.della_slots_) if compiled else kernels.della_slots_
+    bins = compiled_kernel(kernels.della_bins_) if compiled else kernels.della_bins_
     block = max(1, DELLA_ROW_BLOCK // row_len)
-    buffer = torch.empty(min(block, n_rows), row_len, dtype=torch.int32, device=x.device)
-    counts = []
+    buffer = torch.empty(min(block, n_rows), row_len, dtype=torch.int64, device=x.device)
+    counts = torch.zeros(n_rows, kernels.DELLA_BINS, dtype=torch.int32, device=x.device)
+    ones = torch.ones((), dtype=torch.int32, device=x.device)
     for r0 in range(0, n_rows, block):
         r1 = min(n_rows, r0 + block)
         part = buffer[: r1 - r0]
-        slots(part, x2[r0:r1], None if b2 is None else b2[r0:r1], floors[r0:r1])
-        counts.append(torch.bincount(part.view(-1), minlength=(r1 - r0) * kernels.DELLA_BINS))
-    return della_bin_ranks(torch.cat(counts).view(n_rows, kernels.DELLA_BINS), row_len), floors
+        bins(part, x2[r0:r1], None if b2 is None else b2[r0:r1], floors[r0:r1])
+        counts[r0:r1].scatter_add_(1, part, ones.expand(part.shape))
+    return counts, floors
 
 
 def della_bin_ranks(counts: torch.Tensor, row_len: int) -> torch.Tensor:
@@ -339,7 +394,8 @@ def _per_entry(tensor: torch.Tensor, table_of: Callable[[torch.Tensor], torch.Te
     """A per-row, per-bin table of DELLA's ranks looked up for every entry, shaped like `tensor`."""
     rows = _row_layout(tensor, [DellaDrop(0.5, 0.25, 0)]) or 1
     x = _flat(tensor, rows)
-    ranks, floors = _della_ranks(x, None, rows)
+    counts, floors = _della_counts(x, None, rows)
+    ranks = della_bin_ranks(counts, rows)
     index = torch.arange(x.numel(), device=x.device)
     values = kernels.della_lookup(table_of(ranks).view(-1), floors, torch.tensor(rows, device=x.device),
                                   kernels.magnitudes(x, None), index)

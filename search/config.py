@@ -206,6 +206,31 @@ class ExperimentConfig(_Strict):
     dir: str = Field("runs", description="experiments are written to DIR/NAME")
     storage: str | None = Field(None, description="Optuna RDB URL; default sqlite file in the experiment folder")
     ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a running cluster")
+    trackers: list[Literal["mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers fed by Ray Tune's logger callbacks: one run per trial "
+                                          "with every objective, its interval and the timings (search/trackers.py)")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<experiment folder>/"
+                                                     "mlflow.db")
+    wandb_project: str | None = Field(None, description="W&B project; default experiment.name")
+
+    @field_validator("trackers")
+    @classmethod
+    def _installed(cls, trackers: list[str]) -> list[str]:
+        """A tracker whose package is missing is refused now, with the extra to install, not
+        when the Tuner starts after the references were scored."""
+        from search.trackers import missing_package
+
+        reasons = [r for r in map(missing_package, trackers) if r]
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        return list(dict.fromkeys(trackers))
+
+    @model_validator(mode="after")
+    def _tracker_settings_used(self) -> "ExperimentConfig":
+        for field, tracker in (("mlflow_uri", "mlflow"), ("wandb_project", "wandb")):
+            if getattr(self, field) is not None and tracker not in self.trackers:
+                raise ValueError(f"{field} is set but trackers does not list {tracker}; add it: trackers: [{tracker}]")
+        return self
 
 
 SOUP_METHODS = ("lerp", "slerp", "slerp_lerp_norms")

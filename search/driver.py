@@ -2,16 +2,18 @@
 
 Optuna proposes through `OptunaSearch(space=<define-by-run fn>, metric=[...], mode=[...])` —
 the lists go on the searcher, not on TuneConfig — with its study in RDB storage (SQLite in the
-experiment folder by default) so optuna-dashboard can show the front. Each trial is
-`search/trial.py`'s trainable; `search/recorder.py` rewrites the result files and prints the
-current front after every trial; `search/resume.py` reads a stopped run back.
+experiment folder by default) so optuna-dashboard can show the front, with the objectives
+named and the trials labelled (`search/study_labels.py`). Each trial is `search/trial.py`'s
+trainable; `search/recorder.py` rewrites the result files and prints the current front after
+every trial; `experiment.trackers` add Tune's MLflow / W&B callbacks (`search/trackers.py`);
+`search/resume.py` reads a stopped run back.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.config import SearchConfig
 from search.console import console
@@ -22,7 +24,12 @@ from search.recorder import ResultsCallback, finish_experiment, tune_callback
 from search.resume import recover_rows
 from search.samplers import PlanSpace, make_sampler, make_searcher
 from search.space import grid_points
+from search.study_labels import name_objectives, record_holdout
+from search.trackers import tracker_callbacks
 from search.trial import make_trainable
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def run_search(config: SearchConfig, exp_dir: Path | None = None, *, resume: bool = False,
@@ -58,6 +65,8 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
                                            sampler=make_sampler(config, exp.sources), study_name=config.experiment.name,
                                            storage=storage, points_to_evaluate=points or None,
                                            constraints=exp.constraints, references=ctx.references)
+    study = optuna.load_study(study_name=config.experiment.name, storage=storage)  # made by the searcher
+    name_objectives(study, ctx.objectives)
     n_trials = config.search.n_trials
     if config.search.sampler == "grid":
         n_trials = min(n_trials, len(grid_points(config.space, exp.sources)))
@@ -66,18 +75,26 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
     if resume:
         console.print(f"resuming: {len(rows)} finished trials kept, {max(n_trials, 0)} to run")
     if n_trials <= 0:
-        return finish_experiment(exp_dir, recorder, storage_url, time.perf_counter())
+        return finish_search(study, recorder, storage_url, time.perf_counter())
     run_name = "tune" if not resume else f"tune-resume-{len(list(exp_dir.glob('tune-resume-*'))) + 1}"
     tuner = tune.Tuner(
         tune.with_resources(make_trainable(ctx), {"cpu": 0.001}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
                                     max_concurrent_trials=config.workers.count),
         run_config=tune.RunConfig(name=run_name, storage_path=str(exp_dir.resolve()), verbose=0,
-                                  callbacks=[tune_callback(recorder)]),
+                                  callbacks=[tune_callback(recorder), *tracker_callbacks(config.experiment, exp_dir)]),
     )
     started = time.perf_counter()
     tuner.fit()
     try:
-        return finish_experiment(exp_dir, recorder, storage_url, started)
+        return finish_search(study, recorder, storage_url, started)
     finally:
         close_pool(ctx)
+
+
+def finish_search(study: optuna.Study, recorder: ResultsCallback, storage_url: str, started: float) -> Path:
+    """`finish_experiment` (the front validated on the held-out items, the files and REPORT.md),
+    then the held-out scores put on the study, where optuna-dashboard shows them."""
+    exp_dir = finish_experiment(recorder.exp_dir, recorder, storage_url, started)
+    record_holdout(study, recorder.rows)
+    return exp_dir

@@ -18,6 +18,7 @@ from search.console import console
 from search.constraints import Constraint, parse_constraint
 from search.health import ObjectiveHealth, objective_health
 from search.holdout import holdout_scores, write_split
+from search.log_lines import reference_line
 from search.models import resolve_models
 from search.pool import Context, lease_and_run, start_pool, start_ray, worker_info
 from search.preflight import PreflightError, check_inputs, check_memory, check_placement, holdout_split
@@ -121,5 +122,5 @@ def score_references(ctx: Context, keys: list[str], exp_dir: Path) -> dict[str, 
         if held is not None:
             write_items(exp_dir, f"holdout_ref_{key}", held[2])
             references[key] |= holdout_scores(held[0], held[2], ctx.objectives)
-        console.print(f"reference {key}: " + ", ".join(f"{o}={metrics[o]:.3f}" for o in ctx.objectives))
+        console.print(reference_line(key, references[key], ctx.objectives), markup=False, highlight=False)
     return references

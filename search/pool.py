@@ -21,6 +21,8 @@ import ray
 
 from judges import EvalSet
 from search.config import SearchConfig
+from search.console import console
+from search.dashboard import describe_dashboard
 from search.scoring import conversations
 from search.workers import RUNTIME_ENV, JudgeActor, MergeWorker
 
@@ -62,25 +64,31 @@ class Context:
 
 
 def start_ray(config: SearchConfig) -> None:
-    """Join `experiment.ray_address`, or start a local Ray sized for the configured pool."""
+    """Join `experiment.ray_address`, or start a local Ray sized for the configured pool (with
+    its dashboard where `ray[default]` is installed); either way print where the dashboard is."""
     if ray.is_initialized():
         return
     if config.experiment.ray_address:
         try:
-            ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
+            context = ray.init(address=config.experiment.ray_address, runtime_env=RUNTIME_ENV, log_to_driver=False)
         except (ConnectionError, ray.exceptions.RayError) as err:
             raise ConnectionError(
                 f"experiment.ray_address: could not join the Ray cluster at {config.experiment.ray_address}: "
                 f"{_first_line(err)}. Is `ray start --head` running there? Ray 2.60 clusters use token auth: "
                 f"export RAY_AUTH_MODE=token and give the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)"
             ) from None
+        console.print(describe_dashboard(context, joined=True), markup=False, highlight=False)
         return
     w = config.workers
     # Logical CPUs: the workers' share plus room for judge actors and the light trials.
     # address="local": a new instance of our own size even where a `ray start` cluster (or
     # RAY_ADDRESS) is on this machine; plain ray.init() would join it and refuse num_cpus.
-    ray.init(address="local", num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1, runtime_env=RUNTIME_ENV,
-             include_dashboard=False, log_to_driver=False, resources=_local_resources(config))
+    # include_dashboard=None: Ray's own rule, the dashboard where its packages are installed and
+    # a warning, not an error, when it fails to start (the search never depends on it).
+    context = ray.init(address="local", num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1,
+                       runtime_env=RUNTIME_ENV, include_dashboard=None, log_to_driver=False,
+                       resources=_local_resources(config))
+    console.print(describe_dashboard(context, joined=False), markup=False, highlight=False)
 
 
 def _local_resources(config: SearchConfig) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""Recording trials: one row per finished trial, the result files rewritten and the front printed
-(`ResultsCallback`, and the Tune callback that feeds it); at the end, the front validated on the
-held-out items and REPORT.md written (`finish_experiment`)."""
+"""Recording trials: one row per finished trial, the result files rewritten, the trial and the
+front printed (`ResultsCallback`, and the Tune callback that feeds it); at the end, the front
+validated on the held-out items and REPORT.md written (`finish_experiment`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from search.constraints import Constraint
 from search.experiment import reference_items
 from search.health import objective_health
 from search.holdout import validate_front
+from search.log_lines import front_lines, trial_line
 from search.metrics import ObjectiveGauges
 from search.pool import Context
 from search.report import front_table, write_report
@@ -43,15 +44,22 @@ class ResultsCallback:
         write_plan(self.exp_dir, number, config["plan"])
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
         self.gauges.update(self.rows, front, self.ctx.objectives)
-        status = "ok" if row.get("status") == "ok" else f"[red]failed[/red]: {row.get('error', '')[:160]}"
-        console.print(f"trial {number} ({row.get('method')}) {status}")
+        console.print(trial_line(row, self.ctx.objectives), markup=False, highlight=False,
+                      style=None if row.get("status") == "ok" else "red")
         self.show(front, f"Pareto front after {len(self.rows)} trials (search items)")
 
     def show(self, front: list[int], title: str) -> str:
-        """Print the front table as plain text (full names whatever the width) and return it."""
+        """Print the front and return it as a table (for REPORT.md).
+
+        On a terminal the table (full names whatever the width); anywhere else (a Ray job's log
+        in the dashboard, `| tee`, CI) a `name=value` line per record, because those viewers may
+        collapse the spaces that align the table's columns. rich decides what a terminal is;
+        TTY_COMPATIBLE=1 or 0 overrides it."""
         beaten = {i: dominating_references(self.rows[i], self.ctx.references, self.ctx.objectives) for i in front}
         table = front_table(self.rows, front, self.ctx.references, self.ctx.objectives, title, beaten)
-        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        text = table if console.is_terminal else "\n".join(
+            front_lines(self.rows, front, self.ctx.references, self.ctx.objectives, title, beaten))
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
         return table
 
 

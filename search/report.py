@@ -29,15 +29,15 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def score_cell(row: Mapping[str, Any], objective: str, prefix: str = "") -> str:
     """"0.812 [0.69, 0.94]": the value and its interval (one statistic, from the same items)."""
-    value = _num(row.get(prefix + objective))
+    value = as_float(row.get(prefix + objective))
     if math.isnan(value):
         return "-"
-    low, high = _num(row.get(f"{prefix}{objective}_low")), _num(row.get(f"{prefix}{objective}_high"))
+    low, high = as_float(row.get(f"{prefix}{objective}_low")), as_float(row.get(f"{prefix}{objective}_high"))
     return f"{value:.3f}" + ("" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]")
 
 
 def has_holdout(row: Mapping[str, Any], objectives: Sequence[str]) -> bool:
-    return all(not math.isnan(_num(row.get(HOLDOUT + o))) for o in objectives)
+    return all(not math.isnan(as_float(row.get(HOLDOUT + o))) for o in objectives)
 
 
 def front_table(rows: Sequence[Mapping[str, Any]], front: Sequence[int], references: Mapping[str, Mapping[str, Any]],
@@ -78,7 +78,8 @@ def write_report(exp_dir: Path, *, title: str, summary: Sequence[str], health: S
     return path
 
 
-def _num(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A cell of a result row as a float; NaN for a missing or non-numeric one (a failed trial)."""
     try:
         return float(value)
     except (TypeError, ValueError):

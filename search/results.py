@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 
 from search.constraints import Constraint, feasible, score_of
 from search.pareto import dominates, hypervolume, non_dominated
+from search.pareto_plot import pareto_figure
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -56,7 +56,9 @@ def write_results(exp_dir: Path, rows: list[dict[str, Any]], references: dict[st
     pareto = pareto[_leading(list(pareto.columns), objectives)]
     _atomic_write(exp_dir / "pareto.csv", lambda p: pareto.to_csv(p, index=False))
     _write_hypervolume(exp_dir, rows, objectives, constraints, references)
-    _write_html(exp_dir / "pareto.html", rows, front, references, objectives)
+    figure = pareto_figure(rows, front, references, objectives, f"soupsearch {exp_dir.name}: every trial and the "
+                           f"reference models on each pair of objectives (hover a point for its trial)")
+    _atomic_write(exp_dir / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True))
     return front
 
 
@@ -138,33 +140,3 @@ def _write_hypervolume(exp_dir: Path, rows, objectives, constraints, references)
                         "hypervolume": hypervolume(points, reference_point)})
     frame = pd.DataFrame(history)
     _atomic_write(exp_dir / "hypervolume.csv", lambda p: frame.to_csv(p, index=False))
-
-
-def _write_html(path: Path, rows, front: list[int], references, objectives: Sequence[str]) -> None:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    pairs = list(combinations(objectives, 2)) or [(objectives[0], objectives[0])]
-    cols = min(3, len(pairs))
-    fig = make_subplots(rows=math.ceil(len(pairs) / cols), cols=cols,
-                        subplot_titles=[f"{y} vs {x}" for x, y in pairs])
-    ok = [i for i, r in enumerate(rows) if r.get("status") == "ok"]
-    for k, (x, y) in enumerate(pairs):
-        r, c = k // cols + 1, k % cols + 1
-        groups = (("trials", [i for i in ok if i not in front], "#9bb7d4", "circle"),
-                  ("Pareto front", front, "#d62728", "diamond"))
-        for label, idx, color, symbol in groups:
-            fig.add_trace(go.Scatter(
-                x=[rows[i].get(x) for i in idx], y=[rows[i].get(y) for i in idx], mode="markers", name=label,
-                legendgroup=label, showlegend=k == 0, marker={"color": color, "symbol": symbol, "size": 9},
-                text=[f"trial {rows[i]['trial_number']}: {rows[i].get('method')}" for i in idx]), row=r, col=c)
-        fig.add_trace(go.Scatter(
-            x=[score_of(v, x) for v in references.values()], y=[score_of(v, y) for v in references.values()],
-            mode="markers+text", name="reference models", legendgroup="ref", showlegend=k == 0,
-            text=list(references), textposition="top center", marker={"color": "black", "symbol": "x", "size": 11}),
-            row=r, col=c)
-        fig.update_xaxes(title_text=x, row=r, col=c)
-        fig.update_yaxes(title_text=y, row=r, col=c)
-    fig.update_layout(title="soupsearch: win-tie rates of every trial (front in red, references as ×)",
-                      height=380 * math.ceil(len(pairs) / cols))
-    _atomic_write(path, lambda p: fig.write_html(p, include_plotlyjs=True))

@@ -123,8 +123,9 @@ def record_constraints(trial: Any, scores: Mapping[str, object], constraints: Se
 
 
 def make_searcher(base: type) -> type:
-    """`base` (Ray's OptunaSearch) that records a trial with NaN objectives as FAIL and
-    tells Optuna each finished trial's constraint violations.
+    """`base` (Ray's OptunaSearch) that records a trial with NaN objectives as FAIL, tells
+    Optuna each finished trial's constraint violations and keeps its method, status and
+    intervals as user attributes (`search.study_labels.trial_attributes`).
 
     Stock OptunaSearch tells Optuna COMPLETE with the NaN values, Optuna refuses them, and
     the trial stays RUNNING in the storage forever. Constraint bounds that name models
@@ -139,10 +140,15 @@ def make_searcher(base: type) -> type:
             self._references = dict(references or {})
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            from search.study_labels import trial_attributes  # here: it imports is_finite_number from this module
+
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            done = trial_id in self._completed_trials or trial_id not in self._ot_trials
+            if not done and (result is not None or error):
+                for key, value in trial_attributes(result, metrics).items():
+                    self._ot_trials[trial_id].set_user_attr(key, value)
             if result is not None and any(not is_finite_number(result.get(m)) for m in metrics):
                 result, error = None, True
-            done = trial_id in self._completed_trials or trial_id not in self._ot_trials
             if result is not None and self._constraints and not done:
                 record_constraints(self._ot_trials[trial_id], result, self._constraints, self._references)
             super().on_trial_complete(trial_id, result=result, error=error)

@@ -15,7 +15,7 @@ import ray
 
 from judges import EvalItem
 from search.pool import Context, lease_and_run
-from search.scoring import judge_items, mean_diff, score_objectives
+from search.scoring import intervals, judge_items, mean_diff, score_objectives
 
 
 def judge_answers(ctx: Context, answers: list[str], key: str) -> tuple[dict[str, float], float,
@@ -66,6 +66,8 @@ def evaluate_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
             # a string crosses Tune's result path intact (nested dicts may be flattened)
             result["items_json"] = json.dumps(items)
             result |= metrics | mean_diff(metrics, ctx.references, ctx.sources)
+            # each objective's 95 % interval travels with it, to Tune's callbacks and trackers too
+            result |= intervals(items, ctx.objectives)
             result |= {k: run[k] for k in ("merge_s", "swap_s", "generate_s", "empty_answers")}
             result["judge_s"] = judge_s
             missing = [o for o in ctx.objectives if math.isnan(metrics[o])]

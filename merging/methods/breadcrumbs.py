@@ -23,34 +23,19 @@ import torch
 
 from merging.keep_rules import RankWindow
 from merging.registry import PerModel, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
+from merging.task_vectors import sparse_merge
 
 
-def breadcrumbs_merge(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    consensus: bool,
-    weight: PerModel[float],
-    density: PerModel[float, 1.0],
-    gamma: PerModel[float, 0.01],
-    normalize: bool = False,
-    rescale: bool = False,
-    lambda_: float = 1.0,
-    rescale_norm: str = "l1",
-    int8_mask: bool = False,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    norm = rescale_mode(rescale, rescale_norm)
-    check_per_model(tensors, density=density, gamma=gamma)
-    return merge_task_vectors(
-        tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-        rules=[RankWindow(d, g, norm) for d, g in zip(density, gamma)], out_dtype=out_dtype)
+def breadcrumbs_merge(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, consensus: bool,
+                      weight: PerModel[float], density: PerModel[float, 1.0], gamma: PerModel[float, 0.01],
+                      normalize: bool = False, rescale: bool = False, lambda_: float = 1.0, rescale_norm: str = "l1",
+                      out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return sparse_merge(tensors, base, RankWindow, {"density": density, "gamma": gamma}, weight=weight,
+                        consensus=consensus, normalize=normalize, rescale=rescale, rescale_norm=rescale_norm,
+                        lambda_=lambda_, out_dtype=out_dtype)
 
 
-# The two registered variants differ only in sign election (and mergekit's normalize default).
-breadcrumbs = partial(breadcrumbs_merge, consensus=False)
-breadcrumbs_ties = partial(breadcrumbs_merge, consensus=True)
 
-register(breadcrumbs, "breadcrumbs", family="sparse")
-register(breadcrumbs_ties, "breadcrumbs_ties", family="sparse")
+# The two variants differ only in sign election.
+breadcrumbs = register(partial(breadcrumbs_merge, consensus=False), "breadcrumbs", family="sparse").fn
+breadcrumbs_ties = register(partial(breadcrumbs_merge, consensus=True), "breadcrumbs_ties", family="sparse").fn

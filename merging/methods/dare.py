@@ -27,34 +27,19 @@ import torch
 
 from merging.keep_rules import RandomDrop
 from merging.registry import PerModel, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
+from merging.task_vectors import sparse_merge
 
 
-def dare(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    consensus: bool,
-    weight: PerModel[float],
-    density: PerModel[float, 1.0],
-    normalize: bool = False,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    rescale_norm: str = "l1",
-    int8_mask: bool = False,
-    out_dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    norm = rescale_mode(rescale, rescale_norm)
-    check_per_model(tensors, density=density)
-    seed = generator.initial_seed() if generator is not None else 0
-    return merge_task_vectors(tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-                              rules=[RandomDrop(d, seed, norm) for d in density], out_dtype=out_dtype)
+def dare(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, consensus: bool, weight: PerModel[float],
+         density: PerModel[float, 1.0], normalize: bool = False, rescale: bool = True, lambda_: float = 1.0,
+         rescale_norm: str = "l1", out_dtype: torch.dtype | None = None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    return sparse_merge(tensors, base, RandomDrop, {"density": density}, weight=weight, consensus=consensus,
+                        normalize=normalize, rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_,
+                        out_dtype=out_dtype, generator=generator)
 
 
-# The two registered variants differ only in sign election (and mergekit's normalize default).
-dare_linear = partial(dare, consensus=False)
-dare_ties = partial(dare, consensus=True)
 
-register(dare_linear, "dare_linear", family="sparse")
-register(dare_ties, "dare_ties", family="sparse")
+# The two variants differ only in sign election.
+dare_linear = register(partial(dare, consensus=False), "dare_linear", family="sparse").fn
+dare_ties = register(partial(dare, consensus=True), "dare_ties", family="sparse").fn

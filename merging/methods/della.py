@@ -29,36 +29,19 @@ import torch
 
 from merging.keep_rules import DellaDrop
 from merging.registry import PerModel, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
+from merging.task_vectors import sparse_merge
 
 
-def della_merge(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    consensus: bool,
-    weight: PerModel[float],
-    density: PerModel[float, 1.0],
-    epsilon: PerModel[float, 0.15],
-    normalize: bool = False,
-    rescale: bool = True,
-    lambda_: float = 1.0,
-    rescale_norm: str = "l1",
-    int8_mask: bool = False,
-    out_dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    norm = rescale_mode(rescale, rescale_norm)
-    check_per_model(tensors, density=density, epsilon=epsilon)
-    seed = generator.initial_seed() if generator is not None else 0
-    return merge_task_vectors(
-        tensors, base, weight=weight, consensus=consensus, normalize=normalize, lambda_=lambda_,
-        rules=[DellaDrop(d, e, seed, norm) for d, e in zip(density, epsilon)], out_dtype=out_dtype)
+def della_merge(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, consensus: bool, weight: PerModel[float],
+                density: PerModel[float, 1.0], epsilon: PerModel[float, 0.15], normalize: bool = False,
+                rescale: bool = True, lambda_: float = 1.0, rescale_norm: str = "l1",
+                out_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    return sparse_merge(tensors, base, DellaDrop, {"density": density, "epsilon": epsilon}, weight=weight,
+                        consensus=consensus, normalize=normalize, rescale=rescale, rescale_norm=rescale_norm,
+                        lambda_=lambda_, out_dtype=out_dtype, generator=generator)
 
 
-# The two registered variants differ only in sign election (and mergekit's normalize default).
-della_linear = partial(della_merge, consensus=False)
-della = partial(della_merge, consensus=True, normalize=True)
 
-register(della, "della", family="sparse")
-register(della_linear, "della_linear", family="sparse")
+# The two variants differ in sign election and in mergekit's normalize default.
+della = register(partial(della_merge, consensus=True, normalize=True), "della", family="sparse").fn
+della_linear = register(partial(della_merge, consensus=False), "della_linear", family="sparse").fn

@@ -9,8 +9,8 @@ the weighted sum, γ = sgn Σ_i w_i τ̂_i (0 counts as +), and only agreeing en
 
 The paper's "disjoint mean" is normalize: true (the default) with unit weights. With
 rescale: true, τ̂_i is scaled back to τ_i's L1 norm (rescale_norm: l1, mergekit) or by
-1/density_i (rescale_norm: inverse_density). int8_mask is accepted for mergekit configs and
-has no effect (masks are never materialized here).
+1/density_i (rescale_norm: inverse_density). (mergekit's int8_mask is accepted by the plan
+and changes nothing: masks are never materialized here.)
 """
 
 from collections.abc import Sequence
@@ -19,26 +19,14 @@ import torch
 
 from merging.keep_rules import TopK
 from merging.registry import PerModel, register
-from merging.task_vectors import check_per_model, merge_task_vectors, rescale_mode
+from merging.task_vectors import sparse_merge
 
 
-def ties(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    weight: PerModel[float],
-    density: PerModel[float, 1.0],
-    normalize: bool = True,
-    rescale: bool = False,
-    lambda_: float = 1.0,
-    rescale_norm: str = "l1",
-    int8_mask: bool = False,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    norm = rescale_mode(rescale, rescale_norm)
-    check_per_model(tensors, density=density)
-    return merge_task_vectors(tensors, base, weight=weight, consensus=True, normalize=normalize, lambda_=lambda_,
-                              rules=[TopK(d, norm) for d in density], out_dtype=out_dtype)
+def ties(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, weight: PerModel[float],
+         density: PerModel[float, 1.0], normalize: bool = True, rescale: bool = False, lambda_: float = 1.0,
+         rescale_norm: str = "l1", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return sparse_merge(tensors, base, TopK, {"density": density}, weight=weight, consensus=True, normalize=normalize,
+                        rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_, out_dtype=out_dtype)
 
 
 register(ties, "ties", family="sparse")

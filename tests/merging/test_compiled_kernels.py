@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from merging import Merger, compile as compile_policy, parse_plan
+from merging import Merger, compile as compile_policy, kernels, parse_plan
 from merging.finite import NonFiniteMergeError
 from merging.keep_rules import model_seed, uniform_draws
 from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
@@ -25,7 +25,8 @@ from merging.methods.della import della, della_linear
 from merging.methods.linear import linear
 from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
-from merging.selection import magnitude_at_rank, tie_cut
+from merging.selection import TIE_BLOCK, magnitude_at_rank, tie_cut, tie_cuts
+from merging.task_vectors import della_bin_ranks
 
 pytestmark = pytest.mark.skipif(compile_policy.compiler_missing("cpu") is not None,
                                 reason="no C++ compiler for torch.compile")
@@ -173,6 +174,38 @@ def test_magnitude_at_rank_matches_kthvalue(data):
         for need in {1, th.n_equal // 2 + 1, th.n_equal}:
             want = n if need >= th.n_equal or t == 0.0 else int(positions[need - 1]) + 1
             assert tie_cut(x, b, th, need) == want
+
+
+def test_tie_cuts_of_several_models_in_one_pass_follow_index_order(both_paths):
+    # Few distinct magnitudes (every threshold is tied) and a partial last block: cuts in
+    # the first block, mid-tensor and in the tail, for three models at once.
+    g = torch.Generator().manual_seed(3)
+    n = 16 * TIE_BLOCK + 1234
+    b = torch.randint(-3, 4, (n,), generator=g).float()
+    xs = [b + torch.randint(-4, 5, (n,), generator=g).float() for _ in range(3)]
+    requests, want = [], []
+    for m, x in enumerate(xs):
+        mags = (x - b).abs()
+        for rank in (n // 5, n // 2, n - 3):
+            th = magnitude_at_rank(x, b, rank)
+            positions = (mags == th.value).nonzero().view(-1)
+            for need in (1, th.n_equal // 2, th.n_equal - 1, th.n_equal):
+                requests.append((m, th, need))
+                want.append(n if need >= th.n_equal or th.value == 0.0 else int(positions[need - 1]) + 1)
+    assert any(w > 16 * TIE_BLOCK and w < n for w in want)  # a cut in the partial block is tested
+    compiled, eager = both_paths(tie_cuts, xs, b, requests)
+    assert compiled == want and eager == want
+
+
+def test_della_table_is_the_rank_formula_on_both_paths():
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 9, (300, kernels.DELLA_BINS), generator=g)
+    row_len = int(counts.sum(dim=1).max())
+    density, epsilon = 0.4, 0.15
+    want = (della_bin_ranks(counts, row_len) * (2 * epsilon) + (density - epsilon)).float()
+    args = [torch.tensor(v, dtype=torch.float64) for v in (1.0 / (2.0 * (row_len - 1)), 2 * epsilon, density - epsilon)]
+    assert torch.equal(kernels.della_table(counts, *args), want)
+    assert torch.equal(compile_policy.compiled_kernel(kernels.della_table)(counts, *args), want)
 
 
 def test_draws_are_counter_based_and_masks_match_them(both_paths):

@@ -316,7 +316,7 @@ def test_density_zero_gives_the_base_and_density_one_keeps_everything():
     assert torch.equal(bernoulli(T1, 0.0), torch.zeros(6)) and torch.equal(bernoulli(T1, 1.0), T1)
     assert torch.equal(breadcrumbs([X, Y], B, weight=[1.0, 0.5], density=[1.0, 1.0], gamma=[0.5, 0.5]),
                        B + T1 + 0.5 * T2)
-    assert torch.equal(ties([X, Y], B, weight=[1.0, 1.0], density=[1.0, 1.0], int8_mask=True),
+    assert torch.equal(ties([X, Y], B, weight=[1.0, 1.0], density=[1.0, 1.0]),
                        B + torch.tensor([-0.75, 0.5, -0.25, 0.625, 0.125, -0.625]))
 
 
@@ -326,7 +326,7 @@ def test_registration_matches_mergekit_defaults():
               "della_linear": (False, True)}
     for name, (normalize, rescale) in shared.items():
         spec = METHODS[name]
-        assert dict(spec.shared_params) == {"int8_mask": False, "normalize": normalize, "rescale": rescale,
+        assert dict(spec.shared_params) == {"normalize": normalize, "rescale": rescale,
                                             "lambda": 1.0, "rescale_norm": "l1"}, name
         assert spec.model_params["weight"] is None and spec.model_params["density"] == 1.0
         assert spec.base == "required" and spec.randomized == name.startswith(("dare", "della"))
@@ -364,7 +364,7 @@ def test_deterministic_methods_match_mergekit(method):
         if method.startswith("breadcrumbs"):
             per["gamma"] = [0.05, 0.01, 0.2]
         want = _mergekit(method, base, models, per, shared)
-        kwargs = {("lambda_" if k == "lambda" else k): v for k, v in shared.items()}
+        kwargs = {("lambda_" if k == "lambda" else k): v for k, v in shared.items() if k != "int8_mask"}
         got = PARITY_FNS[method](models, base, **per, **kwargs)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (density, weight, shared)
 
@@ -392,7 +392,7 @@ def test_random_methods_match_mergekit_at_density_one(method):
     fn = {"dare_linear": dare_linear, "dare_ties": dare_ties, "della": della, "della_linear": della_linear}[method]
     for shared in ({}, {"normalize": True, "lambda": 0.8}):
         want = _mergekit(method, base, models, per, shared)
-        kwargs = {("lambda_" if k == "lambda" else k): v for k, v in shared.items()}
+        kwargs = {("lambda_" if k == "lambda" else k): v for k, v in shared.items() if k != "int8_mask"}
         got = fn(models, base, **per, **kwargs, generator=seeded(0))
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), shared
 

@@ -1,5 +1,5 @@
 """The project's searcher through real Ray Tune: NSGA-II with its budget-sized population,
-the grid visiting each point once, and constraints recorded on the Optuna trials.
+the grid visiting each point once, and constraints and labels recorded on the Optuna trials.
 
 The trainable is a formula over the plan (no merge, no model), so a search takes seconds.
 """
@@ -43,7 +43,8 @@ def run_tune(config, tmp_path, constraints=()) -> tuple[Any, Any]:
             weights = [m["parameters"]["weight"] for m in plan["models"]]
             share = weights[1] / sum(weights)
         tune.report({"safety": 0.4 + 0.2 * share, "factuality": 0.7 - 0.4 * share * share,
-                     "wtr.safety": 0.4 + 0.2 * share, "wtr.factuality": 0.7 - 0.4 * share * share})
+                     "wtr.safety": 0.4 + 0.2 * share, "wtr.factuality": 0.7 - 0.4 * share * share,
+                     "method": plan["merge_method"], "status": "ok", "safety_low": 0.25})
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     s = config.search
@@ -99,6 +100,8 @@ def test_nsga2_runs_through_tune_with_the_configured_population(tmp_path, ray_cl
     # every trial carries its violation of safety >= 0.6 (the best source), ≤ 0 when it holds
     for t in trials:
         assert t.constraints == {"safety>=best_source": pytest.approx(0.6 - t.values[0])}
+        # and what optuna-dashboard's trial table shows beside the values
+        assert t.user_attrs == {"method": t.params["method"], "status": "ok", "safety_low": 0.25}
 
 
 def test_grid_runs_through_tune_visiting_each_point_once(tmp_path, ray_cleanup):

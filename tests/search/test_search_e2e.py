@@ -2,12 +2,14 @@
 
 Two seeded perturbations of SmolLM2-135M as sources, the rubric judge, a few trials:
 the experiment folder must hold every promised file, the front must really be
-non-dominated, the Optuna study must hold every trial, and a failing plan must be
+non-dominated, the Optuna study must hold every trial (with named objectives and
+labelled trials), the MLflow tracker a run per trial, and a failing plan must be
 recorded with its reason while the search goes on.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import optuna
@@ -25,9 +27,13 @@ pytestmark = pytest.mark.slow
 OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
 
 
-def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, ray_cleanup):
+@pytest.fixture(scope="module")
+def short_search(smollm_family, tmp_path_factory):
+    """One short search shared by the tests below (files and front, tracker, Optuna study):
+    its experiment folder. MLflow is on (`experiment.trackers`) with its default store."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     config = parse_search_config({
-        "experiment": {"name": "e2e", "dir": str(tmp_path)},
+        "experiment": {"name": "e2e", "dir": str(tmp_path), "trackers": ["mlflow"]},
         "models": {"base": str(smollm_family["base"]), "sources": {"a": str(smollm_family["a"]),
                                                                    "b": str(smollm_family["b"])}},
         "space": {"methods": ["linear", "ties", "alignment_slerp"], "layer_curve": {"knots": 2}},
@@ -36,8 +42,14 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
         "serving": {"backend": "transformers", "generation": {"max_tokens": 24, "batch_size": 12}},
         "eval": {"set": "soupsearch-eval-v1", "subset": 24, "holdout": 0.34},  # 16 search + 8 held-out items
     })
-    exp = run_search(config)
+    try:
+        return run_search(config)
+    finally:
+        ray.shutdown()  # the other tests start Ray sized for their own configs
 
+
+def test_short_search_writes_results_and_a_true_front(short_search, smollm_family, tmp_path):
+    exp = short_search
     split = pd.read_csv(exp / "eval_split.csv")
     assert split.part.value_counts().to_dict() == {"search": 16, "holdout": 8}
     assert set(split[split.part == "holdout"].category) == {"safe", "unsafe"}
@@ -111,6 +123,50 @@ def test_short_search_writes_results_and_a_true_front(smollm_family, tmp_path, r
         answer = engine.generate([[{"role": "user", "content": "What is the capital of France?"}]],
                                  GenerationSettings(max_tokens=12))[0]
     assert answer.strip()
+
+
+INTERVALS = [f"{o}_{end}" for o in OBJECTIVES for end in ("low", "high")]
+
+
+def test_every_trial_is_an_mlflow_run_with_its_objectives_intervals_and_timings(short_search):
+    """`experiment.trackers: [mlflow]` with the default store: the SQLite file in the experiment
+    folder holds one run per trial, named like its plan, whose metrics are the row's numbers."""
+    from mlflow import MlflowClient
+
+    trials = pd.read_parquet(short_search / "trials.parquet")
+    client = MlflowClient(tracking_uri=f"sqlite:///{short_search / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment.artifact_location.endswith(str(short_search / "mlartifacts"))
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == [f"trial_{n:04d}" for n in sorted(trials.trial_number)]
+    for row in trials.to_dict("records"):
+        run = runs[f"trial_{row['trial_number']:04d}"]
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == row["status"] == "ok"
+        sampled = json.loads(row["params"])
+        assert run.data.params == {k: str(v) for k, v in sampled.items()} | {"trial_number": str(row["trial_number"])}
+        assert run.data.params["method"] == row["method"]
+        for key in [*OBJECTIVES, *INTERVALS, "wtr.false_rejection", "meandiff.safety", "judged_ok",
+                    "merge_s", "swap_s", "generate_s", "judge_s", "trial_s"]:
+            assert run.data.metrics[key] == row[key], key
+        assert not any(k.startswith("config") for k in run.data.metrics)
+
+
+def test_the_optuna_study_names_its_objectives_and_labels_trials_and_the_held_out_front(short_search):
+    """What optuna-dashboard shows without the CSV: objective names, each trial's method, status,
+    intervals and time, and each validated front trial's held-out scores on the study."""
+    trials = pd.read_parquet(short_search / "trials.parquet").set_index("trial_number")
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{short_search / 'optuna.db'}")
+    assert study.metric_names == OBJECTIVES
+    for t in study.trials:
+        row = trials.loc[t.number]
+        assert t.user_attrs == {"method": row["method"], "status": "ok", "trial_s": row["trial_s"],
+                                **{k: row[k] for k in INTERVALS}}
+    validated = trials[trials["holdout.safety"].notna()]
+    assert len(validated) >= 1
+    assert study.user_attrs == {
+        f"holdout.trial_{n:04d}": {**{o: row[f"holdout.{o}"] for o in OBJECTIVES},
+                                   **{k: row[f"holdout.{k}"] for k in INTERVALS}, "items": 8}
+        for n, row in validated.iterrows()}
 
 
 def test_resume_after_killing_the_driver_keeps_finished_trials(smollm_family, tmp_path):
