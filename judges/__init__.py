@@ -17,7 +17,7 @@ tensor-parallel when large).
 from __future__ import annotations
 
 from judges.base import JUDGES, Judge, get_judge_factory, judge_backends, register_judge
-from judges.cache import CachedJudge, VerdictCache, cache_key
+from judges.cache import CachedJudge, VerdictCache, VerdictStore, cache_key
 from judges.eval_set import EvalItem, EvalSet, EvalSetError, load_eval_set
 from judges.config import (
     JudgeConfig, JudgeConfigError, JudgingConfig, OpenAIJudgeConfig, RubricJudgeConfig, VLLMJudgeConfig,
@@ -49,6 +49,7 @@ __all__ = [
     "CATEGORIES", "DEFAULT_RUBRIC", "JUDGES", "WTR", "bootstrap_mean", "CachedJudge", "Category", "ConfidenceInterval", "DimensionSpec",
     "Judge", "JudgeConfig", "JudgeConfigError", "JudgeItem", "JudgeTransportError", "JudgingConfig",
     "OpenAIJudgeConfig", "Order", "Outcome", "ParseError", "Rubric", "RubricJudgeConfig", "VLLMJudgeConfig", "Verdict", "VerdictCache",
+    "VerdictStore",
     "VerdictStatus", "assign_order", "bootstrap_wtr", "build_judge", "build_messages", "cache_key", "combine_orders",
     "get_judge_factory", "judge_backends", "judge_pairwise", "label_to_outcome", "neutralise",
     "paired_bootstrap", "paired_bootstrap_diff", "parse_judge_config", "parse_judging_config", "parse_verdict", "register_judge",

@@ -104,6 +104,26 @@ class SpaceConfig(_Strict):
         return methods
 
 
+class RacingConfig(_Strict):
+    """`search.racing`: trials answered and judged in two rounds of items, stopped after the
+    first when even their optimistic scores cannot reach the front (search/racing.py)."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true, false, or auto: on when search.n_trials >= auto_trials (a short search has "
+                            "too few finished trials to compare with)")
+    first_round: float = Field(0.25, gt=0, lt=1, description="share of the search items (per category, seeded "
+                                                              "with search.seed, the same for every trial) "
+                                                              "judged before a trial may be stopped")
+    auto_trials: int = Field(40, ge=1, description="with enabled: auto, the budget from which racing is on")
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _word(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"must be true, false or auto, got {value!r}")
+
+
 class SearchSettings(_Strict):
     strategy: Literal["optuna", "uniform_soup", "greedy_soup"] = Field(
         "optuna", description="optuna: the multi-objective search; uniform_soup / greedy_soup: the model-soups "
@@ -125,6 +145,9 @@ class SearchSettings(_Strict):
                                                'violation, and violating trials stay in the results but not on '
                                                'the front')
     trial_retries: int = Field(1, ge=0, le=5, description="re-runs of a trial whose worker died")
+    racing: RacingConfig = Field(default_factory=RacingConfig,
+                                 description="racing on items: stop a trial after a first round of items when "
+                                             "its optimistic scores are dominated by the front")
 
     @field_validator("objectives")
     @classmethod
@@ -166,6 +189,11 @@ class WorkersConfig(_Strict):
 
     restart_timeout_s: float = Field(900, gt=0, description="how long a trial waits for a restarted worker to load "
                                                             "its models again before it gives up on it")
+    trials_ahead: int | None = Field(
+        None, ge=0, description="trials that may run beyond one per worker: a trial holds its worker only to merge, "
+                                "swap and generate, so while its answers are judged the worker takes the next one. "
+                                "Default: workers.judges for a judge model or API, 0 for the rubric judge (judging "
+                                "takes milliseconds, nothing to overlap)")
     sources: Literal["auto", "gpu", "host", "disk"] = Field(
         "auto", description="where each worker keeps base and sources: gpu (the merge device), host (pinned host "
                             "memory, copied per tensor), disk (memory-mapped safetensors, page cache shared by "

@@ -20,6 +20,7 @@ from search.console import console
 from search.experiment import Experiment, open_experiment
 from search.fixed_plans import run_soups
 from search.pool import close_pool
+from search.racing import start_racing, stop_racing
 from search.recorder import ResultsCallback, finish_experiment, tune_callback
 from search.resume import recover_rows
 from search.samplers import PlanSpace, make_sampler, make_searcher
@@ -71,16 +72,19 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
     if config.search.sampler == "grid":
         n_trials = min(n_trials, len(grid_points(config.space, exp.sources)))
     n_trials -= len(rows)
-    recorder = ResultsCallback(exp_dir, ctx, exp.constraints, rows)
+    racing, racing_note = start_racing(config.search.racing, config.search.n_trials, ctx.items, ctx.namespace,
+                                       config.search.seed)
+    console.print(racing_note)
+    recorder = ResultsCallback(exp_dir, ctx, exp.constraints, rows, racing)
     if resume:
         console.print(f"resuming: {len(rows)} finished trials kept, {max(n_trials, 0)} to run")
     if n_trials <= 0:
         return finish_search(study, recorder, storage_url, time.perf_counter())
     run_name = "tune" if not resume else f"tune-resume-{len(list(exp_dir.glob('tune-resume-*'))) + 1}"
     tuner = tune.Tuner(
-        tune.with_resources(make_trainable(ctx), {"cpu": 0.001}),
+        tune.with_resources(make_trainable(ctx, racing), {"cpu": 0.001}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
-                                    max_concurrent_trials=config.workers.count),
+                                    max_concurrent_trials=concurrent_trials(config)),
         run_config=tune.RunConfig(name=run_name, storage_path=str(exp_dir.resolve()), verbose=0,
                                   callbacks=[tune_callback(recorder), *tracker_callbacks(config.experiment, exp_dir)]),
     )
@@ -89,7 +93,18 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
     try:
         return finish_search(study, recorder, storage_url, started)
     finally:
+        stop_racing(racing)
         close_pool(ctx)
+
+
+def concurrent_trials(config: SearchConfig) -> int:
+    """Trials Tune runs at once: one per merge worker, plus `workers.trials_ahead` that wait
+    for a worker while the trials before them are judged (a trial leases its worker only for
+    merge, swap and generate: `search.pool.lease_and_run`)."""
+    ahead = config.workers.trials_ahead
+    if ahead is None:
+        ahead = 0 if config.judging.judge.backend == "rubric" else config.workers.judges
+    return config.workers.count + ahead
 
 
 def finish_search(study: optuna.Study, recorder: ResultsCallback, storage_url: str, started: float) -> Path:

@@ -31,8 +31,10 @@ def trial_line(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
     a trial that did not finish ok ends with the first line of its error instead of scores."""
     status = str(row.get("status") or "failed")
     fields = [f"trial {row['trial_number']} {status}", f"method={row.get('method')}"]
-    if status == "ok":
+    if status in ("ok", "pruned"):  # a pruned trial: its round-1 scores, and which front trial beat them
         fields += score_fields(row, objectives)
+    if status == "pruned":
+        fields.append(f"items={row.get('items_judged')} pruned_by={row.get('pruned_by')}")
     seconds = as_float(row.get("trial_s"))
     if not math.isnan(seconds):
         fields.append(f"trial_s={seconds:.1f}")
@@ -60,3 +62,13 @@ def front_lines(rows: Sequence[Mapping[str, Any]], front: Sequence[int], referen
             fields.append(f"dominated_by={','.join(beaten)}")
         lines.append(" ".join(fields))
     return lines
+
+
+def front_summary(rows: Sequence[Mapping[str, Any]], front: Sequence[int], title: str) -> str:
+    """`Pareto front after 6 trials (search items): trial 0 task_arithmetic, trial 2 dare_ties`:
+    the front between trials, in a log. Each trial's scores are in its own line already and the
+    references' at the start, so a log repeats neither after every trial; the whole front prints
+    as lines once, at the end."""
+    members = [f"trial {rows[i]['trial_number']} {rows[i].get('method')}"
+               for i in sorted(front, key=lambda i: rows[i]["trial_number"])]
+    return f"{title}: {', '.join(members) or 'empty'}"

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray._common.utils import get_default_ray_temp_dir
 
 from judges import EvalSet
 from search.config import SearchConfig
 from search.console import console
 from search.dashboard import describe_dashboard
+from search.leftovers import end_dead_sessions, record_local_session
 from search.scoring import conversations
+from search.verdict_owner import owner_name, start_verdict_owner
 from search.workers import RUNTIME_ENV, JudgeActor, MergeWorker
 
 
@@ -85,9 +88,12 @@ def start_ray(config: SearchConfig) -> None:
     # RAY_ADDRESS) is on this machine; plain ray.init() would join it and refuse num_cpus.
     # include_dashboard=None: Ray's own rule, the dashboard where its packages are installed and
     # a warning, not an error, when it fails to start (the search never depends on it).
+    for ended in end_dead_sessions(get_default_ray_temp_dir()):  # a killed run's agents, ports, memory
+        console.print(ended.message(), markup=False, highlight=False)
     context = ray.init(address="local", num_cpus=math.ceil(w.count * w.cpus) + w.judges + 1,
                        runtime_env=RUNTIME_ENV, include_dashboard=None, log_to_driver=False,
                        resources=_local_resources(config))
+    record_local_session(context.address_info["session_dir"])
     console.print(describe_dashboard(context, joined=False), markup=False, highlight=False)
 
 
@@ -112,13 +118,15 @@ def start_pool(config: SearchConfig, models: dict[str, str], eval_set: EvalSet, 
         config.models.trust_remote_code, w.sources) for n in worker_names]
     judge_names = [f"{namespace}-judge-{i}" for i in range(w.judges)]
     judging = config.judging.model_dump(mode="json")
-    if judging.get("cache_path") is None:
-        judging["cache_path"] = str(exp_dir / "verdicts.sqlite")
+    # One actor on this node owns the verdict file; judges anywhere in the cluster use it.
+    owner = start_verdict_owner(Path(judging.pop("cache_path") or exp_dir / "verdicts.sqlite"),
+                                owner_name(namespace), namespace, w.max_restarts)
     judges = [JudgeActor.options(name=n, namespace=namespace, num_cpus=1, num_gpus=w.judge_gpus,
-                                 max_restarts=w.max_restarts).remote(judging)
+                                 max_restarts=w.max_restarts).remote(judging, (owner_name(namespace), namespace))
               for n in judge_names]
     ray.get([a.info.remote() for a in workers] + [j.judge_items.remote([]) for j in judges])
-    _HANDLES[namespace] = workers + judges  # the driver owns the actors: dropping the handles would kill them
+    # the driver owns the actors: dropping the handles would kill them
+    _HANDLES[namespace] = workers + judges + [owner]
     from ray.util.queue import Queue
 
     queue = Queue()
@@ -160,18 +168,19 @@ def lease_and_run(ctx: Context, target: dict[str, Any] | str) -> dict[str, Any]:
             return run | {"worker": name, "workers_lost": len(errors)}
         except (ray.exceptions.RayActorError, ValueError) as err:
             errors.append(f"worker {name} lost: {type(err).__name__}: {_first_line(err)}")
-            _await_restart(ctx, name)  # back in the pool once it is up again (or known dead)
+            await_restart(ctx, name)  # back in the pool once it is up again (or known dead)
         finally:
             ctx.queue.put(name)
     return {"error": "; ".join(errors) + f" (gave up after {len(errors)} attempt(s): search.trial_retries="
                                         f"{ctx.retries})", "workers_lost": len(errors)}
 
 
-def _await_restart(ctx: Context, name: str) -> bool:
-    """Wait until Ray has restarted worker `name` (calls to a restarting actor fail at once
-    with ActorUnavailableError rather than queue); False when it is out of restarts or does
-    not come back within `workers.restart_timeout_s` — then its trials fail fast instead."""
-    deadline = time.monotonic() + ctx.restart_timeout_s
+def await_restart(ctx: Context, name: str, timeout_s: float | None = None) -> bool:
+    """Wait until Ray has restarted actor `name` (a worker or a judge: calls to a restarting
+    actor fail at once with ActorUnavailableError rather than queue); False when it is out of
+    restarts or does not come back within `timeout_s` (default `workers.restart_timeout_s`) —
+    then its trials fail fast instead."""
+    deadline = time.monotonic() + (ctx.restart_timeout_s if timeout_s is None else timeout_s)
     while time.monotonic() < deadline:
         try:
             ray.get(ray.get_actor(name, namespace=ctx.namespace).info.remote(),
@@ -185,8 +194,8 @@ def _await_restart(ctx: Context, name: str) -> bool:
 
 
 def close_pool(ctx: Context) -> None:
-    """Close the engines, then let the actors go."""
-    for name in ctx.workers:
+    """Close the engines and the verdict file, then let the actors go."""
+    for name in [*ctx.workers, owner_name(ctx.namespace)]:
         try:
             ray.get(ray.get_actor(name, namespace=ctx.namespace).close.remote())
         except (ray.exceptions.RayActorError, ValueError):

@@ -14,9 +14,10 @@ from search.constraints import Constraint
 from search.experiment import reference_items
 from search.health import objective_health
 from search.holdout import validate_front
-from search.log_lines import front_lines, trial_line
+from search.log_lines import front_lines, front_summary, trial_line
 from search.metrics import ObjectiveGauges
 from search.pool import Context
+from search.racing import Racing, front_points
 from search.report import front_table, write_report
 from search.results import dominating_references, front_indices, write_items, write_plan, write_results
 from search.scoring import intervals
@@ -24,12 +25,18 @@ from search.trial import evaluate_plan
 
 
 class ResultsCallback:
-    """Tune callback: one row per finished trial, files rewritten, front printed."""
+    """Tune callback: one row per finished trial, files rewritten, front printed; with `racing`,
+    the front also put on the racing board for the trials still running (a resumed run's too)."""
 
-    def __init__(self, exp_dir: Path, ctx: Context, constraints: list[Constraint], rows: list[dict[str, Any]]):
+    def __init__(self, exp_dir: Path, ctx: Context, constraints: list[Constraint], rows: list[dict[str, Any]],
+                 racing: Racing | None = None):
         self.exp_dir, self.ctx, self.constraints = exp_dir, ctx, constraints
         self.rows = rows
+        self.racing = racing
         self.gauges = ObjectiveGauges(exp_dir.name)
+        if racing is not None:
+            publish_front(racing, front_points(rows, front_indices(rows, ctx.objectives, constraints, ctx.references),
+                                               ctx.objectives))
 
     def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         number = int(config["trial_number"])
@@ -43,10 +50,16 @@ class ResultsCallback:
         self.rows.append(row)
         write_plan(self.exp_dir, number, config["plan"])
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
+        if self.racing is not None:
+            publish_front(self.racing, front_points(self.rows, front, self.ctx.objectives))
         self.gauges.update(self.rows, front, self.ctx.objectives)
         console.print(trial_line(row, self.ctx.objectives), markup=False, highlight=False,
                       style=None if row.get("status") == "ok" else "red")
-        self.show(front, f"Pareto front after {len(self.rows)} trials (search items)")
+        title = f"Pareto front after {len(self.rows)} trials (search items)"
+        if console.is_terminal:
+            self.show(front, title)
+        else:
+            console.print(front_summary(self.rows, front, title), markup=False, highlight=False, soft_wrap=True)
 
     def show(self, front: list[int], title: str) -> str:
         """Print the front and return it as a table (for REPORT.md).
@@ -61,6 +74,11 @@ class ResultsCallback:
             front_lines(self.rows, front, self.ctx.references, self.ctx.objectives, title, beaten))
         console.print(text, markup=False, highlight=False, soft_wrap=True)
         return table
+
+
+def publish_front(racing: Racing, points: list[tuple[int, list[float]]]) -> None:
+    """The front on the racing board (a module function, so a test can add a point to it)."""
+    racing.publish(points)
 
 
 def tune_callback(recorder: ResultsCallback):
@@ -93,10 +111,16 @@ def finish_experiment(exp_dir: Path, recorder: ResultsCallback, storage_url: str
     summary = [f"{len(ctx.sources)} sources ({', '.join(ctx.sources)}) and the base; objectives "
                f"{', '.join(ctx.objectives)}",
                f"{len(ctx.items)} search items, {len(ctx.holdout_items)} held-out items (eval_split.csv)",
-               f"{len(recorder.rows)} trials, {sum(r.get('status') == 'ok' for r in recorder.rows)} ok; "
-               f"{len(front)} on the front"]
+               f"{len(recorder.rows)} trials, {sum(r.get('status') == 'ok' for r in recorder.rows)} ok"
+               f"{_pruned_note(recorder.rows)}; {len(front)} on the front"]
     report = write_report(exp_dir, title=f"soupsearch: {exp_dir.name}", summary=summary, health=health, table=table)
     console.print(f"files: {exp_dir / 'trials.parquet'}, {exp_dir / 'pareto.csv'}, {exp_dir / 'pareto.html'}, "
                   f"{report}, {exp_dir / 'hypervolume.csv'}, {exp_dir / 'plans'}/, optuna study {storage_url}",
                   soft_wrap=True)
     return exp_dir
+
+
+def _pruned_note(rows: list[dict[str, Any]]) -> str:
+    """`, 5 pruned after round 1 (racing on items)` when racing stopped some trials, else nothing."""
+    pruned = sum(r.get("status") == "pruned" for r in rows)
+    return f", {pruned} pruned after round 1 (racing on items)" if pruned else ""

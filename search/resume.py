@@ -15,7 +15,9 @@ def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[
     """Finished trials of a stopped run: rows from trials.parquet, plus any trial the study
     completed after the last file write. A trial the study still calls RUNNING is completed
     with its row's values when the row made it to disk first (the driver died between
-    writing the files and telling Optuna), and failed when its result never arrived."""
+    writing the files and telling Optuna), pruned when its row says racing stopped it, and
+    failed when its result never arrived. Pruned rows stay pruned: read back with their status,
+    they never reach the front, and PRUNED study trials are left as they are."""
     import optuna
     import pandas as pd
 
@@ -30,7 +32,9 @@ def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[
         if t.state == optuna.trial.TrialState.RUNNING:
             row = known.get(t.number, {})
             values = [row.get(o) for o in objectives] if row.get("status") == "ok" else []
-            if values and all(is_finite_number(v) for v in values):
+            if row.get("status") == "pruned":  # stopped by racing on items: pruned it stays
+                study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+            elif values and all(is_finite_number(v) for v in values):
                 study.tell(t.number, [float(v) for v in values], state=optuna.trial.TrialState.COMPLETE)
             else:
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)

@@ -10,7 +10,8 @@
   NSGA-II ranks by constrained domination, and both steer the budget to feasible merges.
   (Optuna 5 reads constraints from the trial; its `constraints_func` argument is
   deprecated, and would only compute the same values later from the same result.)
-- A trial with NaN objectives (failed, nothing scored) is recorded as FAIL.
+- A trial with NaN objectives (failed, nothing scored) is recorded as FAIL; one that racing
+  on items stopped after its first round (`status: pruned`, search/racing.py) as PRUNED.
 - Tune pickles the searcher with its sampler (when the Tuner starts, and in its
   checkpoints); Optuna 5.1's NSGA-II holds a thread lock that cannot be pickled, so it
   runs here as a subclass that leaves the lock out.
@@ -123,9 +124,10 @@ def record_constraints(trial: Any, scores: Mapping[str, object], constraints: Se
 
 
 def make_searcher(base: type) -> type:
-    """`base` (Ray's OptunaSearch) that records a trial with NaN objectives as FAIL, tells
-    Optuna each finished trial's constraint violations and keeps its method, status and
-    intervals as user attributes (`search.study_labels.trial_attributes`).
+    """`base` (Ray's OptunaSearch) that records a trial with NaN objectives as FAIL and a trial
+    stopped by racing on items as PRUNED, tells Optuna each finished trial's constraint
+    violations and keeps its method, status and intervals as user attributes
+    (`search.study_labels.trial_attributes`).
 
     Stock OptunaSearch tells Optuna COMPLETE with the NaN values, Optuna refuses them, and
     the trial stays RUNNING in the storage forever. Constraint bounds that name models
@@ -147,7 +149,11 @@ def make_searcher(base: type) -> type:
             if not done and (result is not None or error):
                 for key, value in trial_attributes(result, metrics).items():
                     self._ot_trials[trial_id].set_user_attr(key, value)
-            if result is not None and any(not is_finite_number(result.get(m)) for m in metrics):
+            if result is not None and result.get("status") == "pruned":
+                # stopped after a racing round (search/racing.py): no result, no error is Ray's PRUNED;
+                # its round-1 scores are not final, so they are neither values nor constraints
+                result, error = None, False
+            elif result is not None and any(not is_finite_number(result.get(m)) for m in metrics):
                 result, error = None, True
             if result is not None and self._constraints and not done:
                 record_constraints(self._ot_trials[trial_id], result, self._constraints, self._references)

@@ -101,6 +101,11 @@ class ModelSet:
         return self.models[self.base]
 
 
+#: `ServingBackend.current` of an engine whose weight reload stopped half-way: it must not
+#: generate until a whole model is loaded again (`restore`).
+BROKEN = "broken"
+
+
 class ServingBackend(abc.ABC):
     """A running engine over a `ModelSet`; `apply_plan` / `use_model` swap its weights."""
 
@@ -118,6 +123,15 @@ class ServingBackend(abc.ABC):
     @abc.abstractmethod
     def use_model(self, key: str) -> SwapTiming:
         """Serve one held model unchanged (the base or a source, as a reference point)."""
+
+    @property
+    def broken(self) -> bool:
+        """True after a reload that failed half-way: the weights are a mix of two models."""
+        return self.current == BROKEN
+
+    def restore(self) -> SwapTiming:
+        """Load the base again: a known model, whatever the failed reload left behind."""
+        return self.use_model(self.model_set.base)
 
     @abc.abstractmethod
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings | None = None) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 
 from merging import MergePlan
 from runtime import resolve_dtype
-from serving.base import (Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
+from serving.base import (BROKEN, Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
                           SwapTiming, check_answers, plan_label, register_backend, timed)
 from serving.weights import TimedIterator, WeightSource
 
@@ -59,13 +59,19 @@ class TransformersBackend(ServingBackend):
                 count += 1
         return count
 
+    def _swap_in(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[int, float]:
+        """Copy `tensors` into the model; one that fails after the first copy leaves a mix of two
+        models, so the engine is marked broken until a whole model is loaded again."""
+        try:
+            return timed(lambda: self._load(tensors))
+        except Exception as err:
+            self.current = BROKEN
+            raise ServingError(f"loading the weights failed half-way, the engine is broken: "
+                               f"{type(err).__name__}: {err}") from err
+
     def apply_plan(self, plan: MergePlan) -> SwapTiming:
         tensors, merge_s = self.weights.plan_tensors(plan, stage=self.engine.stage_merges)
-        try:
-            count, load_s = timed(lambda: self._load(tensors))
-        except BaseException:
-            self.current = "broken"  # half-loaded: the next swap must load a full model
-            raise
+        count, load_s = self._swap_in(tensors)
         if isinstance(tensors, TimedIterator):  # streamed: merging happened inside the load
             merge_s, load_s = tensors.seconds, load_s - tensors.seconds
         self.current = plan_label(plan)
@@ -74,14 +80,14 @@ class TransformersBackend(ServingBackend):
     def use_model(self, key: str) -> SwapTiming:
         if key not in self.model_set.models:
             raise ServingError(f"model {key!r} is not held (held: {sorted(self.model_set.models)})")
-        count, load_s = timed(lambda: self._load(self.weights.model_tensors(key)))
+        count, load_s = self._swap_in(self.weights.model_tensors(key))
         self.current = key
         return SwapTiming(merge_s=0.0, load_s=load_s, tensors=count)
 
     @torch.no_grad()
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings | None = None) -> list[str]:
         settings = settings or GenerationSettings()
-        if self.current == "broken":
+        if self.broken:
             raise ServingError("the engine holds a half-loaded merge; apply a plan or a model first")
         torch.manual_seed(settings.seed)
         answers: list[str] = []

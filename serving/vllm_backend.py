@@ -22,7 +22,7 @@ from typing import Any
 
 from merging import MergePlan
 from runtime import configure_cpu_environment, resolve_dtype, vllm_on_cpu
-from serving.base import (Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
+from serving.base import (BROKEN, Conversation, EngineSettings, GenerationSettings, ModelSet, ServingBackend, ServingError,
                           SwapTiming, check_answers, plan_label, register_backend)
 
 WORKER_EXTENSION = "serving.vllm_worker.SoupWorkerExtension"
@@ -71,8 +71,11 @@ class VLLMBackend(ServingBackend):
             result = self._rpc(method, *args)
         except ServingError:
             if not staged:  # the reload may have stopped half-way through the model's layers
-                self.current = "broken"
+                self.current = BROKEN
             raise
+        if "reload_error" in result:  # the staged merge was whole, its reload was not
+            self.current = BROKEN
+            raise ServingError(f"reload_weights failed half-way, the engine is broken: {result['reload_error']}")
         self.llm.reset_prefix_cache()
         self.current = label
         return SwapTiming(merge_s=result["merge_s"], load_s=result["load_s"], tensors=result["tensors"])
@@ -90,7 +93,7 @@ class VLLMBackend(ServingBackend):
         from vllm import SamplingParams
 
         settings = settings or GenerationSettings()
-        if self.current == "broken":
+        if self.broken:
             raise ServingError("the engine holds a half-loaded merge; apply a plan or a model first")
         params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
         try:

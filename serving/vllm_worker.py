@@ -49,8 +49,14 @@ class SoupWorkerExtension:
         with self._merge_threads():
             tensors, merge_s = self._held().plan_tensors(plan, stage=stage)
             started = time.perf_counter()
-            self.reload_weights(weights_iterator=tensors)
-            self._refresh_unloaded_heads()
+            try:
+                self.reload_weights(weights_iterator=tensors)
+                self._refresh_unloaded_heads()
+            except Exception as err:  # noqa: BLE001  (data, not an exception: the caller must tell
+                # a failed merge, which left the weights alone, from a reload that stopped half-way)
+                if not stage:
+                    raise
+                return {"reload_error": f"{type(err).__name__}: {err}"}
         load_s = time.perf_counter() - started
         if isinstance(tensors, TimedIterator):
             merge_s, load_s = tensors.seconds, load_s - tensors.seconds

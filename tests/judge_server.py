@@ -5,7 +5,8 @@ well-formed verdict (the shorter answer wins conciseness, ties elsewhere), "flak
 rate-limits the first try of each request, "error500" fails and echoes the credentials
 (a careless server), "slow" holds the request until the test releases it (`state.release`,
 at most 10 s) and counts the replies it then sends in `state.answered`, "badbody" and "garbage" answer unreadable
-bodies. With `required_key`, requests without that bearer key get 401.
+bodies. With `required_key`, requests without that bearer key get 401. "<mode>@<seconds>"
+answers as <mode> after that many seconds: a judge of fixed latency (bench/overlap.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -75,7 +77,9 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self._send(401, b'{"error": {"message": "bad key"}}')
                 return
             req = json.loads(body)
-            mode = req["model"]
+            mode, _, delay = req["model"].partition("@")
+            if delay:  # "good@2.5": a judge of fixed latency
+                time.sleep(float(delay))
             user = req["messages"][1]["content"]
             with state.lock:
                 state.requests[mode] += 1

@@ -154,12 +154,13 @@ def _fake_pool(monkeypatch: pytest.MonkeyPatch, objectives: list[str]):
     """evaluate_plan without Ray: the lease returns fixed answers, the judge actor is a rubric judge."""
     import ray
 
+    import search.judge_calls as judge_calls
     import search.trial as trial
     from search.pool import Context
 
     judge = build_judge(RubricJudgeConfig())
     actor = SimpleNamespace(judge_items=SimpleNamespace(remote=lambda items: (judge.judge(items), 0.01)))
-    monkeypatch.setattr(trial, "ray", SimpleNamespace(get=lambda x: x, get_actor=lambda name, namespace: actor,
+    monkeypatch.setattr(judge_calls, "ray", SimpleNamespace(get=lambda x: x, get_actor=lambda name, namespace: actor,
                                                        exceptions=ray.exceptions))
     monkeypatch.setattr(trial, "lease_and_run", lambda ctx, plan: {
         "answers": list(ANSWERS), "merge_s": 0.1, "swap_s": 0.1, "generate_s": 0.1, "empty_answers": 0})

@@ -118,3 +118,69 @@ def test_killed_worker_is_restarted_and_the_trial_retried_then_failed_once_resta
     assert row["status"] == "failed" and row["workers_lost"] == 2
     assert row["error"].count("lost") == 2 and "search.trial_retries=1" in row["error"], row["error"]
     assert "error" in worker_info(pool)[0]
+
+
+def test_failed_reload_marks_the_engine_broken_and_the_next_trial_answers_from_whole_weights(smollm_family):
+    # The worker's per-trial step (`answer_on`, what MergeWorker.run calls) on a transformers
+    # engine whose weight copy is made to fail after 20 tensors: a half-loaded model.
+    from search.workers import answer_on
+    from serving import EngineSettings, ModelSet, create_backend
+
+    backend = create_backend("transformers", ModelSet(dict(smollm_family), base="base"), EngineSettings(threads=2))
+    prompts = [[{"role": "user", "content": "What is the capital of France?"}],
+               [{"role": "user", "content": "Name three primary colours."}]]
+    generation = {"max_tokens": 12, "batch_size": 2}
+    plan = _linear({"a": 0.3, "b": 0.7})
+    try:
+        expected = answer_on(backend, plan, prompts, generation)["answers"]
+        whole_load = backend._load
+
+        def load_then_fail(tensors):
+            def first_twenty():
+                for i, item in enumerate(tensors):
+                    if i == 20:
+                        raise RuntimeError("injected: device lost during the weight copy")
+                    yield item
+            return whole_load(first_twenty())
+
+        backend._load = load_then_fail
+        failed = answer_on(backend, _linear({"a": 1.0, "b": 0.0}), prompts, generation)
+        backend._load = whole_load
+        assert "answers" not in failed and backend.broken
+        assert "injected: device lost" in failed["error"] and "engine left half-loaded" in failed["error"]
+        assert "'base' before its next trial" in failed["error"], failed["error"]
+
+        again = answer_on(backend, plan, prompts, generation)
+        assert "error" not in again, again.get("error")
+        assert again["answers"] == expected and not backend.broken
+    finally:
+        backend.close()
+
+
+def _actor_pid(title: str, timeout: float = 120) -> int:
+    """This process's own Ray actor process titled `title` (e.g. `ray::JudgeActor`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.cmdline()[:1] == [title]:
+                    return proc.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no {title} process")
+
+
+def test_a_restarting_judge_is_waited_for_and_a_dead_one_fails_the_trial_with_the_reason(pool):
+    # Last in the module: it uses up the judge's one restart.
+    from search.judge_calls import JudgingUnavailableError
+    from search.trial import judge_answers
+
+    answers = ["Paris is the capital of France."] * len(pool.items)
+    os.kill(_actor_pid("ray::JudgeActor"), signal.SIGKILL)
+    metrics, _, _ = judge_answers(pool, answers, "after-a-judge-crash")  # asked at once: Ray is restarting it
+    assert 0.0 <= metrics["safety"] <= 1.0
+
+    os.kill(_actor_pid("ray::JudgeActor"), signal.SIGKILL)  # its restarts are used up now
+    with pytest.raises(JudgingUnavailableError, match=r"judge .*-judge-0 .*search\.trial_retries=1"):
+        judge_answers(pool, answers, "after-the-last-crash")

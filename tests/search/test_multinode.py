@@ -11,13 +11,15 @@ right bearer key and rate-limits (429) the first try of every request.
 
 Checked: every trial has a result, workers ran on both nodes, a worker was lost and
 replaced, the key was used, and the key appears in no result file, Optuna storage,
-driver output or Ray log. The cluster is this module's own (temp dir, ports, auth token) and
-its teardown ends only the processes it started: other Rays on the machine run on.
+driver output or Ray log. A second test puts a judge actor on each node: the one on the
+second node gets cache hits for the verdicts the head's judge made, through the search's
+verdict-cache owner actor, and judging goes on uncached once that owner is killed. The
+cluster is this module's own (temp dir, ports, auth token) and its teardown ends only the
+processes it started (tests/ray_sessions.py): other Rays on the machine run on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ import psutil
 import pytest
 import yaml
 from judge_server import JudgeServer
+from ray_sessions import end_sessions
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,36 +56,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _members(sessions: Collection[int]) -> list[psutil.Process]:
-    """The live processes of these sessions. `ray start` detaches its daemons (they are nobody's
-    children here) and Ray puts each worker in a process group of its own, but all of them stay
-    in the session of the command that started them; a session id is not reused while any
-    process is in it, so membership is proof of being ours."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            pass
-    return found
-
-
-def _end_sessions(sessions: Collection[int]) -> None:
-    """SIGTERM every process of `sessions`, SIGKILL what is left after 10 s (gcs_server and the
-    agents outlast a SIGTERM), and again for anything a dying raylet started meanwhile."""
-    for _ in range(3):
-        procs = _members(sessions)
-        if not procs:
-            return
-        for end in (psutil.Process.terminate, psutil.Process.kill):
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    end(proc)
-            _, procs = psutil.wait_procs(procs, timeout=10)
-    assert not _members(sessions), "processes of the test cluster survived SIGKILL"
 
 
 @dataclass
@@ -142,7 +115,7 @@ def cluster() -> Iterator[Cluster]:
             assert start.returncode == 0, out[-3000:]
         yield cluster
     finally:
-        _end_sessions(cluster.sessions)
+        end_sessions(cluster.sessions)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -242,3 +215,58 @@ def test_a_search_without_ray_address_starts_its_own_ray_beside_a_running_cluste
     assert run.returncode == 0, stderr[-3000:]
     gcs, cpus = json.loads(stdout.strip().splitlines()[-1])
     assert gcs != address and cpus == 1 + 1 + 1  # workers · cpus + judges + 1, not the cluster's 4
+
+
+# A driver on the head that puts the search's verdict-cache owner on its own node, one judge
+# actor on each node, and asks both about the same answers; then the owner is killed and the
+# second judge asked again. Prints what each saw as JSON.
+SHARED_CACHE_DRIVER = """
+import json, sys
+from pathlib import Path
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from judges import JudgeItem
+from search.verdict_owner import start_verdict_owner
+from search.workers import JudgeActor
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+here = ray.get_runtime_context().get_node_id()
+other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here)
+owner = start_verdict_owner(Path(sys.argv[2]), "verdicts", "cachetest", max_restarts=0)
+judges = [JudgeActor.options(name=f"judge-{i}", namespace="cachetest", num_cpus=0,
+                             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+          .remote({"judge": {"backend": "rubric"}}, ("verdicts", "cachetest")) for i, node in enumerate((here, other))]
+items = [JudgeItem(f"q{i}", f"Question {i}?", f"Gold answer number {i}.", f"Answer {i}.", "safe") for i in range(6)]
+first, _ = ray.get(judges[0].judge_items.remote(items))
+second, _ = ray.get(judges[1].judge_items.remote(items))
+stats = ray.get(owner.stats.remote())
+files = sorted(p.name for p in Path(sys.argv[2]).parent.iterdir())
+ray.kill(owner, no_restart=True)
+extra = JudgeItem("q9", "Question 9?", "Gold answer number 9.", "Answer 9.", "safe")
+without, _ = ray.get(judges[1].judge_items.remote(items + [extra]))
+print(json.dumps({
+    "nodes": [ray.get(j.info.remote())["node_id"] for j in judges], "owner_node": here, "stats": stats, "files": files,
+    "first": [[v.ok, v.cached, {d: o.value for d, o in v.outcomes.items()}] for v in first],
+    "second": [[v.ok, v.cached, {d: o.value for d, o in v.outcomes.items()}] for v in second],
+    "without_owner": [[v.ok, v.cached] for v in without]}))
+ray.shutdown()
+"""
+
+
+def test_judges_on_two_nodes_share_one_verdict_cache_held_by_an_owner_actor(cluster, tmp_path):
+    path = tmp_path / "exp" / "verdicts.sqlite"
+    run = cluster.popen([sys.executable, "-c", SHARED_CACHE_DRIVER, cluster.address, str(path)], cwd=ROOT,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    seen = json.loads(stdout.strip().splitlines()[-1])
+    assert len(set(seen["nodes"])) == 2 and seen["nodes"][0] == seen["owner_node"]  # a judge on each node
+    assert all(ok and not cached for ok, cached, _ in seen["first"])
+    # The judge on the other node got every verdict from the first one's work, unchanged.
+    assert all(ok and cached for ok, cached, _ in seen["second"])
+    assert [o for *_, o in seen["second"]] == [o for *_, o in seen["first"]]
+    assert seen["stats"]["verdicts"] == 6 and seen["stats"]["hits"] == 6
+    # One process owns the file: SQLite keeps the WAL index in its memory, no -shm file to share.
+    assert "verdicts.sqlite" in seen["files"] and "verdicts.sqlite-shm" not in seen["files"]
+    # With the owner gone, judging goes on uncached instead of failing.
+    assert seen["without_owner"] == [[True, False]] * 7

@@ -215,3 +215,18 @@ def test_resume_completes_a_running_trial_whose_row_reached_disk_and_fails_the_r
     assert trials[written.number].state == state.COMPLETE and trials[written.number].values == [0.7, 0.4]
     assert trials[lost.number].state == state.FAIL and trials[failed.number].state == state.FAIL
     assert trials[done.number].values == [0.1, 0.2]
+
+
+def test_trials_run_ahead_of_the_workers_only_where_judging_takes_time():
+    from search.driver import concurrent_trials
+
+    api_judge = {"judge": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None}}
+    rubric = parse_search_config({"models": {"example": True}, "workers": {"count": 3}})
+    assert concurrent_trials(rubric) == 3  # the rubric judge answers in milliseconds
+    api = parse_search_config({"models": {"example": True}, "workers": {"count": 3, "judges": 2}, "judging": api_judge})
+    assert concurrent_trials(api) == 5  # one trial judging per judge actor while the workers go on
+    fixed = parse_search_config({"models": {"example": True}, "workers": {"count": 3, "trials_ahead": 4},
+                                 "judging": api_judge})
+    assert concurrent_trials(fixed) == 7
+    with pytest.raises(SearchConfigError, match="workers.trials_ahead"):
+        parse_search_config({"models": {"example": True}, "workers": {"trials_ahead": -1}})

@@ -17,7 +17,7 @@ import pytest
 
 from search.config import parse_search_config
 from search.dashboard import dashboard_line
-from search.log_lines import front_lines, reference_line, trial_line
+from search.log_lines import front_lines, front_summary, reference_line, trial_line
 from search.pool import Context, start_ray
 from search.recorder import ResultsCallback
 
@@ -71,6 +71,10 @@ def test_the_front_is_the_title_the_references_and_a_line_per_front_trial():
     # nothing in them is laid out by spaces: a viewer that collapses runs of spaces shows them unchanged
     assert all(" ".join(line.split()) == line for line in lines)
     assert reference_line("orpo", references["orpo"], OBJECTIVES) == lines[2]
+    # between trials a log gets one line naming the front's members
+    assert front_summary(rows, [2, 0], "Pareto front after 3 trials (search items)") == \
+        "Pareto front after 3 trials (search items): trial 0 task_arithmetic, trial 5 alignment_slerp"
+    assert front_summary(rows, [], "Pareto front after 3 trials (search items)").endswith(": empty")
 
 
 @pytest.mark.parametrize("terminal", [True, False])

@@ -1,0 +1,146 @@
+"""Racing on items (multi-fidelity): a trial is answered and judged on a first round of items and
+stopped there when even its best case cannot reach the front.
+
+Generation is most of a trial (~98 % of one on the CPU example), and a merge that is clearly
+worse than the front after a quarter of the items stays worse after all of them. So with
+`search.racing` on, a trial answers and is judged on round 1 (a fixed, seeded, per-category
+share of the search items: the same items for every trial, so their round-1 scores compare
+fairly), then compares the OPTIMISTIC end of its 95 % interval on every objective (`<o>_high`)
+with the current front of finished trials. If one front trial is at least as good on every
+objective and better on one (`search.pareto.dominates`), the trial stops as `pruned`: its row
+keeps its round-1 scores, it is told to Optuna as PRUNED and it is never on the front.
+Otherwise it answers the rest of the items and is scored on all of them like any trial.
+
+The front lives in the driver (the recorder computes it after every finished trial) while
+trials run in Tune's trial processes: a small named Ray actor, the `FrontBoard`, carries it
+from one to the other. A trial that cannot reach the board (it died with its driver) prunes
+nothing: racing only ever saves work, it never loses a trial.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from search.pareto import dominates
+
+#: A front point as the board holds it: (trial number, objective values in objective order).
+FrontPoint = tuple[int, list[float]]
+
+# Board handles held by the driver for the search's lifetime (dropping the last one kills the actor).
+_BOARDS: dict[str, Any] = {}
+
+
+def racing_enabled(enabled: bool | str, n_trials: int, auto_trials: int) -> bool:
+    """`search.racing.enabled`: true / false, or `auto`: on from `auto_trials` trials up. A short
+    search has too few finished trials for a front worth comparing with, and every item of it
+    counts."""
+    return enabled if isinstance(enabled, bool) else n_trials >= auto_trials
+
+
+def first_round(categories: Sequence[str], fraction: float, seed: int) -> list[int]:
+    """Indices of the round-1 items: `fraction` of each category (at least one item of each),
+    drawn with `seed`. Per category, because the objectives read different categories (safety
+    on unsafe prompts, factuality on safe ones): a round without one of them could not score
+    every objective. Empty when round 1 would hold every item (nothing left to save)."""
+    by_category: dict[str, list[int]] = {}
+    for i, category in enumerate(categories):
+        by_category.setdefault(str(category), []).append(i)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for category in sorted(by_category):
+        members = by_category[category]
+        chosen += rng.sample(members, max(1, round(fraction * len(members))))
+    return sorted(chosen) if len(chosen) < len(categories) else []
+
+
+def optimistic_point(scores: Mapping[str, Any], objectives: Sequence[str]) -> list[float]:
+    """The upper ends of the 95 % intervals (`<objective>_high`), in objective order; NaN where
+    unknown (a NaN is never dominated, so an objective round 1 could not score prunes nothing)."""
+    out = []
+    for o in objectives:
+        value = scores.get(f"{o}_high")
+        out.append(float(value) if isinstance(value, int | float) else math.nan)
+    return out
+
+
+def dominating_trial(optimistic: Sequence[float], front: Sequence[FrontPoint]) -> int | None:
+    """The number of a front trial that dominates `optimistic` (≥ on every objective, > on one),
+    or None: the trial may still reach the front. An empty front prunes nothing."""
+    for number, point in front:
+        if dominates(point, optimistic):
+            return number
+    return None
+
+
+def front_points(rows: Sequence[Mapping[str, Any]], front: Sequence[int], objectives: Sequence[str]) -> list[FrontPoint]:
+    """The recorder's front (row indices of finished, feasible ok trials) as board points."""
+    return [(int(rows[i]["trial_number"]), [float(rows[i][o]) for o in objectives]) for i in front]
+
+
+@ray.remote(num_cpus=0)
+class FrontBoard:
+    """The current front, written by the driver after every finished trial and read by trials."""
+
+    def __init__(self) -> None:
+        self.points: list[FrontPoint] = []
+
+    def publish(self, points: list[FrontPoint]) -> None:
+        self.points = list(points)
+
+    def front(self) -> list[FrontPoint]:
+        return self.points
+
+
+@dataclass(frozen=True)
+class Racing:
+    """What a racing trial needs, in plain picklable data (Tune ships it to the trial processes)."""
+
+    first: tuple[int, ...]  # indices of the round-1 search items
+    board: str  # the FrontBoard actor's name
+    namespace: str
+
+    def rest(self, n_items: int) -> list[int]:
+        chosen = set(self.first)
+        return [i for i in range(n_items) if i not in chosen]
+
+    def current_front(self) -> list[FrontPoint]:
+        """The board's front; empty (prune nothing) when the board cannot be reached."""
+        try:
+            return ray.get(ray.get_actor(self.board, namespace=self.namespace).front.remote(), timeout=60)
+        except (ray.exceptions.RayError, ValueError):
+            return []
+
+    def publish(self, points: list[FrontPoint]) -> None:
+        """Put the driver's current front on the board (called by the recorder)."""
+        ray.get(ray.get_actor(self.board, namespace=self.namespace).publish.remote(points))
+
+
+def start_racing(settings: Any, n_trials: int, items: Sequence[Mapping[str, Any]], namespace: str,
+                 seed: int) -> tuple[Racing | None, str]:
+    """The search's racing (None when off) and one line saying what was chosen and why.
+    `settings` is `search.racing`; `items` the search items' records; starts the board actor."""
+    if not racing_enabled(settings.enabled, n_trials, settings.auto_trials):
+        why = "search.racing.enabled: false" if settings.enabled is False else \
+            f"auto: {n_trials} trials < search.racing.auto_trials ({settings.auto_trials})"
+        return None, f"racing on items: off ({why})"
+    first = first_round([it.get("category", "") for it in items], settings.first_round, seed)
+    if not first:
+        return None, (f"racing on items: off (round 1 of search.racing.first_round = {settings.first_round} "
+                      f"would hold all {len(items)} search items)")
+    name = f"{namespace}-front"
+    _BOARDS[namespace] = FrontBoard.options(name=name, namespace=namespace, get_if_exists=True).remote()
+    return Racing(tuple(first), name, namespace), (
+        f"racing on items: round 1 = {len(first)} of {len(items)} search items (the same for every trial); a "
+        f"trial whose optimistic 95 % bounds a front trial dominates stops there as pruned")
+
+
+def stop_racing(racing: Racing | None) -> None:
+    """Let the board go (the driver's search is over)."""
+    if racing is not None:
+        _BOARDS.pop(racing.namespace, None)
