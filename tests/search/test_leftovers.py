@@ -58,12 +58,7 @@ def _ray_tree(proc: subprocess.Popen, timeout: float = 120) -> list[psutil.Proce
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tree = psutil.Process(proc.pid).children(recursive=True)
-        titles = set()
-        for p in tree:
-            try:
-                titles.add(p.cmdline()[0] if p.cmdline() else "")
-            except psutil.Error:
-                pass
+        titles = {_title(p) for p in tree}
         if {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= titles:
             return tree
         time.sleep(0.2)
@@ -71,7 +66,22 @@ def _ray_tree(proc: subprocess.Popen, timeout: float = 120) -> list[psutil.Proce
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.Error:  # gone (or a zombie) between the two questions
+            pass
+    return alive
+
+
+def _title(p: psutil.Process) -> str:
+    """A Ray process's title (`ray::DashboardAgent`); "" once it is gone or a zombie."""
+    try:
+        return (p.cmdline() or [""])[0]
+    except psutil.Error:
+        return ""
 
 
 def _marker_of(ray_dir: Path, pid: int) -> Path:
@@ -98,13 +108,13 @@ def test_next_start_ends_what_a_killed_driver_left_and_spares_a_live_run():
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
         left = _alive(killed_tree)
-        assert any(p.cmdline()[:1] == ["ray::DashboardAgent"] for p in left), "nothing left to clean up"
+        assert any(_title(p) == "ray::DashboardAgent" for p in left), "nothing left to clean up"
 
         nxt = _start(["0"], env, sessions)
         out, _ = nxt.communicate(timeout=300)
         assert nxt.returncode == 0, out[-3000:]
 
-        assert _alive(left) == [], [p.cmdline() for p in _alive(left)]
+        assert _alive(left) == [], [_title(p) for p in _alive(left)]
         assert not killed_mark.exists()  # looked at once, then forgotten
         assert _alive(live_tree) == live_tree and live.poll() is None  # the live run is untouched
         assert _marker_of(tmp / "ray", live.pid).exists()
