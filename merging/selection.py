@@ -117,7 +117,7 @@ def tie_cuts(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
         block = int(torch.searchsorted(totals[row], need)) if need <= int(totals[row, -1]) else full // TIE_BLOCK
         before = int(totals[row, block - 1]) if block > 0 else 0
         start = block * TIE_BLOCK
-        stop = min(n, start + TIE_BLOCK) if block < full // TIE_BLOCK else n
+        stop = start + TIE_BLOCK if block < full // TIE_BLOCK else n
         seg = kernels.magnitudes(xs[m][start:stop], None if b is None else b[start:stop])
         hits = (seg == th.value).nonzero().view(-1)
         if need - before > hits.numel():

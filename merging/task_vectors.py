@@ -325,22 +325,21 @@ def _della_tables(x: torch.Tensor, b: torch.Tensor | None, rule: DellaDrop,
     (density − ε) + 2ε·r in float64, then float32, r the bin's mean normalized rank."""
     check_della(rule.density, rule.epsilon)
     counts, floors = _della_counts(x, b, row_len)
-    if row_len == 1:
-        table = _keep_probabilities(della_bin_ranks(counts, row_len), rule.density, rule.epsilon)
-    else:
-        def scalar(value: float) -> torch.Tensor:
-            return torch.tensor(value, dtype=torch.float64, device=x.device)
-        kernel = compiled_kernel(kernels.della_table) if will_compile(counts.numel(), x.device) else kernels.della_table
-        table = kernel(counts, scalar(1.0 / (2.0 * (row_len - 1))), scalar(2 * rule.epsilon),
-                       scalar(rule.density - rule.epsilon))
+    table = _bin_table(counts, row_len, 2 * rule.epsilon, rule.density - rule.epsilon)
     return table.view(-1), floors, torch.tensor(row_len, device=x.device)
 
 
-def _keep_probabilities(ranks: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
-    """DELLA's p = (density − ε) + 2ε·r from normalized ranks r, in float64, then float32
-    (what `kernels.della_table` computes from counts)."""
-    check_della(density, epsilon)
-    return ranks.mul_(2 * epsilon).add_(density - epsilon).float()
+def _bin_table(counts: torch.Tensor, row_len: int, span: float, low: float) -> torch.Tensor:
+    """low + span·r per row and bin (float32; r the bin's mean normalized rank, 0.5 for rows
+    of one element, mergekit's 0/0), by `kernels.della_table`: compiled for big tables."""
+    if row_len == 1:
+        return torch.full(counts.shape, 0.5 * span + low, dtype=torch.float64, device=counts.device).float()
+
+    def scalar(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=counts.device)
+
+    kernel = compiled_kernel(kernels.della_table) if will_compile(counts.numel(), counts.device) else kernels.della_table
+    return kernel(counts, scalar(1.0 / (2.0 * (row_len - 1))), scalar(span), scalar(low))
 
 
 def _della_counts(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,38 +364,28 @@ def _della_counts(x: torch.Tensor, b: torch.Tensor | None, row_len: int) -> tupl
     return counts, floors
 
 
-def della_bin_ranks(counts: torch.Tensor, row_len: int) -> torch.Tensor:
-    """Per row and bin, the normalized mean rank of the bin's members, (2·below + count − 1)
-    / (2(L − 1)) in float64 (0.5 for rows of one element, mergekit's 0/0): the exact
-    rank_norm of an element alone in its bin, the average of its members' otherwise."""
-    if row_len == 1:
-        return torch.full(counts.shape, 0.5, dtype=torch.float64, device=counts.device)
-    below = counts.cumsum(1).sub_(counts)
-    return below.mul_(2).add_(counts).sub_(1).double().mul_(1.0 / (2.0 * (row_len - 1)))
-
-
 def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA MagPrune keep probabilities, shaped like `tensor`: within each row (along dim 1;
     1-D: the tensor), p = (density − ε) + 2ε · rank_norm(|x|), so the smallest magnitude is
     kept with probability density − ε, the largest with density + ε, and a row's mean is
     density."""
     check_della(density, epsilon)
-    return _per_entry(tensor, lambda ranks: _keep_probabilities(ranks, density, epsilon))
+    return _per_entry(tensor, 2 * epsilon, density - epsilon)
 
 
 def della_rank_norm(tensor: torch.Tensor) -> torch.Tensor:
     """Normalized ascending magnitude rank of each element within its row (as DELLA ranks),
     in [0, 1], at bin resolution: mergekit's rank_norm when no two magnitudes of a row share a bin."""
-    return _per_entry(tensor, lambda ranks: ranks.float())
+    return _per_entry(tensor, 1.0, 0.0)
 
 
-def _per_entry(tensor: torch.Tensor, table_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """A per-row, per-bin table of DELLA's ranks looked up for every entry, shaped like `tensor`."""
+def _per_entry(tensor: torch.Tensor, span: float, low: float) -> torch.Tensor:
+    """low + span·r for every entry, r its normalized rank in its row at bin resolution
+    (`_bin_table`), shaped like `tensor`."""
     rows = _row_layout(tensor, [DellaDrop(0.5, 0.25, 0)]) or 1
     x = _flat(tensor, rows)
     counts, floors = _della_counts(x, None, rows)
-    ranks = della_bin_ranks(counts, rows)
     index = torch.arange(x.numel(), device=x.device)
-    values = kernels.della_lookup(table_of(ranks).view(-1), floors, torch.tensor(rows, device=x.device),
-                                  kernels.magnitudes(x, None), index)
+    values = kernels.della_lookup(_bin_table(counts, rows, span, low).view(-1), floors,
+                                  torch.tensor(rows, device=x.device), kernels.magnitudes(x, None), index)
     return _unflat(values, tensor.shape, rows)

@@ -26,7 +26,6 @@ from merging.methods.linear import linear
 from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
 from merging.selection import TIE_BLOCK, magnitude_at_rank, tie_cut, tie_cuts
-from merging.task_vectors import della_bin_ranks
 
 pytestmark = pytest.mark.skipif(compile_policy.compiler_missing("cpu") is not None,
                                 reason="no C++ compiler for torch.compile")
@@ -202,7 +201,9 @@ def test_della_table_is_the_rank_formula_on_both_paths():
     counts = torch.randint(0, 9, (300, kernels.DELLA_BINS), generator=g)
     row_len = int(counts.sum(dim=1).max())
     density, epsilon = 0.4, 0.15
-    want = (della_bin_ranks(counts, row_len) * (2 * epsilon) + (density - epsilon)).float()
+    # the bin's mean normalized rank (2·below + count − 1) / (2(L − 1)), in float64
+    ranks = (2 * (counts.cumsum(1) - counts) + counts - 1).double() * (1.0 / (2.0 * (row_len - 1)))
+    want = (ranks * (2 * epsilon) + (density - epsilon)).float()
     args = [torch.tensor(v, dtype=torch.float64) for v in (1.0 / (2.0 * (row_len - 1)), 2 * epsilon, density - epsilon)]
     assert torch.equal(kernels.della_table(counts, *args), want)
     assert torch.equal(compile_policy.compiled_kernel(kernels.della_table)(counts, *args), want)
