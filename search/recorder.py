@@ -20,7 +20,6 @@ from search.pool import Context
 from search.racing import Racing, front_points
 from search.report import front_table, write_report
 from search.results import dominating_references, front_indices, write_items, write_plan, write_results
-from search.scoring import intervals
 from search.trial import evaluate_plan
 
 
@@ -45,8 +44,7 @@ class ResultsCallback:
         row |= {k: v for k, v in result.items() if not isinstance(v, dict) and k not in ("config", "items_json")}
         if result.get("items_json"):
             per_item = json.loads(result["items_json"])
-            write_items(self.exp_dir, f"trial_{number:04d}", per_item)
-            row |= intervals(per_item, self.ctx.objectives)
+            write_items(self.exp_dir, f"trial_{number:04d}", per_item)  # the row's intervals came with the result
         self.rows.append(row)
         write_plan(self.exp_dir, number, config["plan"])
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
