@@ -8,6 +8,11 @@ from collections.abc import Sequence
 Point = Sequence[float]
 
 
+def is_finite_number(value: object) -> bool:
+    """Whether `value` is a usable objective value (a real, finite number; not None, text or NaN)."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def dominates(a: Point, b: Point) -> bool:
     """a is at least as good everywhere and strictly better somewhere."""
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))

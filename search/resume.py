@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import DIMENSIONS
-from search.samplers import is_finite_number
+from search.pareto import is_finite_number
 
 
 def recover_rows(exp_dir: Path, storage: Any, study_name: str, objectives: list[str]) -> list[dict[str, Any]]:

@@ -31,7 +31,9 @@ import optuna
 from search.console import console
 from search.config import SearchConfig, SpaceConfig
 from search.constraints import Constraint
+from search.pareto import is_finite_number
 from search.space import default_point, grid_points, suggest_plan
+from search.study_labels import trial_attributes
 
 
 #: NSGA-II's population when derived from the budget: about n_trials / GENERATIONS,
@@ -142,8 +144,6 @@ def make_searcher(base: type) -> type:
             self._references = dict(references or {})
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            from search.study_labels import trial_attributes  # here: it imports is_finite_number from this module
-
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             done = trial_id in self._completed_trials or trial_id not in self._ot_trials
             if not done and (result is not None or error):
@@ -160,10 +160,6 @@ def make_searcher(base: type) -> type:
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return FailureAwareOptunaSearch
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from search.report import HOLDOUT
-from search.samplers import is_finite_number
+from search.pareto import is_finite_number
 
 #: row keys copied to a trial's user attributes when they are text
 TEXT_ATTRIBUTES = ("method", "status", "error")

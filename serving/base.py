@@ -13,7 +13,6 @@ Adding a backend means one file: a subclass of `ServingBackend` decorated with
 from __future__ import annotations
 
 import abc
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,10 +180,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
-
-
-def cpu_thread_count(requested: int | None) -> int:
-    return requested or max(1, len(os.sched_getaffinity(0)))
 
 
 def plan_label(plan: Mapping[str, Any] | MergePlan) -> str:

@@ -19,7 +19,23 @@ def pytest_report_header(config) -> str:
     import tempfile
 
     where = tempfile.gettempdir()
-    return f"free disk in {where}: {shutil.disk_usage(where).free / 1e9:.1f} GB (the suite needs about 3 GB)"
+    return f"free disk in {where}: {shutil.disk_usage(where).free / 1e9:.1f} GB (the suite needs about 4 GB)"
+
+
+#: tests that need the trained example family run in one xdist worker, which builds it once
+EXAMPLE_GROUP = "example-family"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Group tests for `pytest -n N --dist loadgroup` (the suite's default, pyproject.toml): a
+    module stays on one worker, so its module-scoped fixtures (a vLLM server, a finished search)
+    start once; every test of the trained example family shares one worker, whose
+    session-scoped `example_models` is built once (~80 s). Most of the suite's time is waiting
+    (Ray start-up, actor restarts, vLLM start-up), so two workers overlap it even on 2 cores."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = EXAMPLE_GROUP if "example_models" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 TINY_CONFIG = {
@@ -96,12 +112,15 @@ def tiny_family(tmp_path: Path) -> dict[str, Path]:
 def smollm_base() -> Path:
     """The real small chat model as a bf16 safetensors folder, converted once and cached
     in data/example/base (shared with the main command)."""
+    from filelock import FileLock
+
     from search.example import DEFAULT_DATA_DIR, convert_base
 
     base = DEFAULT_DATA_DIR / "base"
-    if not (base / "config.json").exists():
-        base.parent.mkdir(parents=True, exist_ok=True)
-        convert_base(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(DEFAULT_DATA_DIR / ".base.lock"):  # xdist workers: one converts, the others wait
+        if not (base / "config.json").exists():
+            convert_base(base)
     return base
 
 
