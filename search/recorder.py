@@ -17,9 +17,9 @@ from search.holdout import validate_front
 from search.log_lines import front_lines, front_summary, trial_line
 from search.metrics import ObjectiveGauges
 from search.pool import Context
-from search.racing import Racing, front_points
+from search.racing import FrontPoint, Racing, front_points
 from search.report import front_table, write_report
-from search.results import dominating_references, front_indices, write_items, write_plan, write_results
+from search.results import dominating_references, front_indices, read_items, write_items, write_plan, write_results
 from search.trial import evaluate_plan
 
 
@@ -35,7 +35,7 @@ class ResultsCallback:
         self.gauges = ObjectiveGauges(exp_dir.name)
         if racing is not None:
             publish_front(racing, front_points(rows, front_indices(rows, ctx.objectives, constraints, ctx.references),
-                                               ctx.objectives))
+                                               self.items_of))
 
     def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         number = int(config["trial_number"])
@@ -49,7 +49,7 @@ class ResultsCallback:
         write_plan(self.exp_dir, number, config["plan"])
         front = write_results(self.exp_dir, self.rows, self.ctx.references, self.ctx.objectives, self.constraints)
         if self.racing is not None:
-            publish_front(self.racing, front_points(self.rows, front, self.ctx.objectives))
+            publish_front(self.racing, front_points(self.rows, front, self.items_of))
         self.gauges.update(self.rows, front, self.ctx.objectives)
         console.print(trial_line(row, self.ctx.objectives), markup=False, highlight=False,
                       style=None if row.get("status") == "ok" else "red")
@@ -58,6 +58,10 @@ class ResultsCallback:
             self.show(front, title)
         else:
             console.print(front_summary(self.rows, front, title), markup=False, highlight=False, soft_wrap=True)
+
+    def items_of(self, number: int) -> dict[str, dict[str, float]] | None:
+        """A recorded trial's per-item scores (items/trial_NNNN.parquet, a resumed run's too)."""
+        return read_items(self.exp_dir, f"trial_{number:04d}")
 
     def show(self, front: list[int], title: str) -> str:
         """Print the front and return it as a table (for REPORT.md).
@@ -74,7 +78,7 @@ class ResultsCallback:
         return table
 
 
-def publish_front(racing: Racing, points: list[tuple[int, list[float]]]) -> None:
+def publish_front(racing: Racing, points: list[FrontPoint]) -> None:
     """The front on the racing board (a module function, so a test can add a point to it)."""
     racing.publish(points)
 

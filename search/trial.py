@@ -15,7 +15,7 @@ from typing import Any
 from judges import EvalItem
 from search.judge_calls import ask_judges
 from search.pool import Context, lease_and_run
-from search.racing import Racing, dominating_trial, optimistic_point
+from search.racing import Racing, dominating_trial
 from search.scoring import intervals, judge_items, mean_diff, score_objectives
 
 
@@ -42,7 +42,7 @@ def evaluate_plan(ctx: Context, plan: dict[str, Any], racing: Racing | None = No
     """Merge → swap → generate on a leased worker, then judge: one result row's metrics.
 
     With `racing` (search/racing.py) the trial answers and is judged on round 1's items first
-    and stops there as `pruned` when a front trial dominates its optimistic bounds; otherwise it
+    and stops there as `pruned` when a front trial beats even its best case on those items; otherwise it
     answers the other items (a second lease: the merge is repeated, ~1 s, and the worker is
     free while round 1 is judged) and is scored on all of them like any trial.
 
@@ -111,7 +111,7 @@ def _race(ctx: Context, plan: dict[str, Any], racing: Racing, key: str, result: 
     round1 = _judge(on_items(ctx, first), answers, key)
     beaten_by = None
     if round1.get("status") == "ok":
-        beaten_by = dominating_trial(optimistic_point(round1, ctx.objectives), racing.current_front())
+        beaten_by = dominating_trial(json.loads(round1["items_json"]), racing.current_front(), ctx.objectives)
     if beaten_by is not None:
         # its round-1 scores and intervals are kept; `pruned_by` names the front trial that beat its best case
         result |= round1 | {"status": "pruned", "rounds_done": 1, "items_judged": len(first), "pruned_by": beaten_by}

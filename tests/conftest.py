@@ -26,16 +26,21 @@ def pytest_report_header(config) -> str:
 EXAMPLE_GROUP = "example-family"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items) -> None:
     """Group tests for `pytest -n N --dist loadgroup` (the suite's default, pyproject.toml): a
-    module stays on one worker, so its module-scoped fixtures (a vLLM server, a finished search)
-    start once; every test of the trained example family shares one worker, whose
-    session-scoped `example_models` is built once (~80 s). Most of the suite's time is waiting
-    (Ray start-up, actor restarts, vLLM start-up), so two workers overlap it even on 2 cores."""
+    module runs whole on one worker, so its module-scoped fixtures (a vLLM server, a finished
+    search) start once; every module with a test of the trained example family runs on one
+    worker, whose session-scoped `example_models` is then built once (~80 s). Much of the suite's
+    time is waiting (Ray start-up, actor restarts, vLLM start-up), so two workers overlap it even
+    on 2 cores."""
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    family = {module(item) for item in items if "example_models" in getattr(item, "fixturenames", ())}
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
-            group = EXAMPLE_GROUP if "example_models" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group(EXAMPLE_GROUP if module(item) in family else module(item)))
 
 
 TINY_CONFIG = {

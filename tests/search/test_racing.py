@@ -14,36 +14,63 @@ import pytest
 
 from judges import EvalItem, RubricJudgeConfig, build_judge
 from search.config import SearchConfigError, parse_search_config
-from search.racing import Racing, dominating_trial, first_round, optimistic_point, racing_enabled
+from search.racing import Racing, dominating_trial, first_round, optimistic_differences, racing_enabled
 
 OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
 
 
 # ---------------------------------------------------------------------------------------------
-# The decision: the optimistic point against the current front
+# The decision: the trial against each front trial, paired on the round-1 items
 
 
-def test_a_trial_whose_upper_bounds_a_front_trial_dominates_is_pruned_by_it():
-    front = [(2, [0.6, 0.9, 0.5, 0.4]), (5, [0.8, 0.6, 0.9, 0.7])]
-    assert dominating_trial([0.7, 0.5, 0.8, 0.7], front) == 5  # equal on proactivity, below elsewhere
-    assert dominating_trial([0.5, 0.5, 0.5, 0.4], front) == 2  # the first front trial that beats it
+def _scores(**by_objective: list[float]) -> dict[str, dict[str, float]]:
+    """objective -> item id -> score over items i0, i1, ... (a trial's per-item scores)."""
+    return {o: {f"i{k}": float(x) for k, x in enumerate(xs)} for o, xs in by_objective.items()}
 
 
-def test_a_tie_or_one_better_bound_is_not_pruned():
-    front = [(5, [0.8, 0.6, 0.9, 0.7])]
-    assert dominating_trial([0.8, 0.6, 0.9, 0.7], front) is None  # a tie everywhere is not dominated
-    assert dominating_trial([0.3, 0.3, 0.3, 0.75], front) is None  # it could still beat trial 5 on proactivity
-    assert dominating_trial([0.3, math.nan, 0.3, 0.3], front) is None  # an unknown bound decides nothing
+TWO = ["safety", "factuality"]
+FRONT_TRIAL = _scores(safety=[1, 1, 1, 1, 1, 1], factuality=[1, 0, 1, 0, 1, 0])
 
 
-def test_an_empty_front_prunes_nothing():
-    assert dominating_trial([0.0, 0.0, 0.0, 0.0], []) is None
+def test_the_optimistic_difference_is_the_paired_intervals_upper_end():
+    from judges import paired_bootstrap
+
+    trial = _scores(safety=[0, 0, 0, 0, 0, 0], factuality=[1, 0, 1, 0, 1, 1])
+    # safety: every paired difference is -1, so is every resample; factuality: one item better (+1)
+    highs = optimistic_differences(trial, FRONT_TRIAL, TWO)
+    assert highs[0] == -1.0
+    assert highs[1] == paired_bootstrap(trial["factuality"], FRONT_TRIAL["factuality"]).high > 0
+    assert math.isnan(optimistic_differences(trial, FRONT_TRIAL, ["proactivity"])[0])  # no shared item
 
 
-def test_the_optimistic_point_is_each_objectives_upper_bound():
-    scores = {"safety": 0.5, "safety_low": 0.2, "safety_high": 0.8, "factuality_high": 1.0, "conciseness_high": 0}
-    assert optimistic_point(scores, ["safety", "factuality", "conciseness"]) == [0.8, 1.0, 0.0]
-    assert math.isnan(optimistic_point(scores, ["proactivity"])[0])
+def test_a_trial_a_front_trial_beats_even_at_its_best_is_pruned_by_it():
+    worse = _scores(safety=[0, 0, 0, 0, 0, 0], factuality=[1, 0, 1, 0, 1, 0])  # tied on factuality, item by item
+    other = (9, _scores(safety=[0, 0, 0, 0, 0, 0], factuality=[0, 0, 0, 0, 0, 0]))
+    assert dominating_trial(worse, [other, (5, FRONT_TRIAL)], TWO) == 5
+    # only the round-1 items the trial was scored on count: the front trial's other items are ignored
+    more_items = {o: dict(v, i9=0.0) for o, v in FRONT_TRIAL.items()}
+    assert dominating_trial(worse, [(5, more_items)], TWO) == 5
+
+
+def test_a_tie_one_better_item_or_an_unknown_objective_is_not_pruned():
+    assert dominating_trial(FRONT_TRIAL, [(5, FRONT_TRIAL)], TWO) is None  # tied item by item
+    one_better = _scores(safety=[0, 0, 0, 0, 0, 0], factuality=[1, 1, 1, 0, 1, 0])  # item i1: it won, the front lost
+    assert dominating_trial(one_better, [(5, FRONT_TRIAL)], TWO) is None
+    no_factuality = {"safety": _scores(safety=[0] * 6)["safety"]}
+    assert dominating_trial(no_factuality, [(5, FRONT_TRIAL)], TWO) is None
+    assert dominating_trial(_scores(safety=[0] * 6, factuality=[0] * 6), [], TWO) is None  # empty front
+
+
+def test_pairing_prunes_where_the_trials_own_intervals_overlap_the_front_trials():
+    """Its own upper bound alone (unpaired) would keep this trial: its interval reaches the front
+    trial's score (13/16). Item by item it is never better and worse on 4 of 16 items."""
+    from judges import bootstrap_mean
+
+    front = _scores(safety=[1] * 13 + [0] * 3)
+    trial = _scores(safety=[0] * 4 + [1] * 9 + [0] * 3)
+    assert bootstrap_mean(list(trial["safety"].values())).high == 13 / 16
+    assert optimistic_differences(trial, front, ["safety"]) == [-1 / 16]
+    assert dominating_trial(trial, [(3, front)], ["safety"]) == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +168,11 @@ def _fake_pool(monkeypatch: pytest.MonkeyPatch):
     return trial, ctx, leases
 
 
+def _every_item(score: float) -> dict[str, dict[str, float]]:
+    """A front trial that scored `score` on every objective and item."""
+    return {o: {it.id: score for it in ITEMS} for o in OBJECTIVES}
+
+
 def _racing(front=()) -> FixedFront:
     racing = FixedFront(first=(1, 3, 7), board="b", namespace="ns")
     object.__setattr__(racing, "front", tuple(front))
@@ -149,14 +181,14 @@ def _racing(front=()) -> FixedFront:
 
 def test_a_trial_beaten_in_round_one_stops_there_as_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
     trial, ctx, leases = _fake_pool(monkeypatch)
-    row = trial.evaluate_plan(ctx, {"merge_method": "linear"}, _racing([(4, [1.0, 1.0, 1.0, 1.0])]))
+    row = trial.evaluate_plan(ctx, {"merge_method": "linear"}, _racing([(4, _every_item(1.0))]))
     assert leases == [3]  # round 1 only: items s1, s3, u1
     assert row["status"] == "pruned" and row["rounds_done"] == 1 and row["items_judged"] == 3
     assert row["pruned_by"] == 4
     per_item = json.loads(row["items_json"])
     assert set(per_item["safety"]) == {"s1", "s3", "u1"}
-    # round 1's scores: s1 and s3 wrong (factuality 0 of 2, so even its upper bound is 0: the
-    # perfect front trial is better there and no worse elsewhere); u1 answered (safety 2 of 3)
+    # round 1's scores: s1 and s3 wrong (factuality 0 of 2: the perfect front trial is better on
+    # both items, and on none is it worse); u1 answered (safety 2 of 3)
     assert (row["safety"], row["factuality"], row["factuality_high"]) == (pytest.approx(2 / 3), 0.0, 0.0)
     assert row["safety_high"] == 1.0 and row["proactivity_high"] == 1.0
     assert (row["merge_s"], row["generate_s"]) == (0.1, 1.0)
@@ -165,7 +197,7 @@ def test_a_trial_beaten_in_round_one_stops_there_as_pruned(monkeypatch: pytest.M
 def test_a_surviving_trial_scores_exactly_like_an_unraced_one(monkeypatch: pytest.MonkeyPatch) -> None:
     trial, ctx, leases = _fake_pool(monkeypatch)
     unraced = trial.evaluate_plan(ctx, {"merge_method": "linear"})
-    raced = trial.evaluate_plan(ctx, {"merge_method": "linear"}, _racing([(4, [0.2, 0.2, 0.2, 0.2])]))
+    raced = trial.evaluate_plan(ctx, {"merge_method": "linear"}, _racing([(4, _every_item(0.0))]))
     assert leases == [9, 3, 6]  # unraced: every item; raced: round 1, then the other 6
     assert raced["status"] == "ok" and raced["rounds_done"] == 2 and raced["items_judged"] == 9
     for key in [*OBJECTIVES, *(f"{o}_{end}" for o in OBJECTIVES for end in ("low", "high")), "items_json",

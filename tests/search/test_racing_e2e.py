@@ -1,8 +1,8 @@
 """Racing on items end to end: a real local Ray, Tune, the small model and the rubric judge.
 
 To prune deterministically the front the recorder publishes to the racing board gets, once a
-real trial is on it, one extra point above any score a trial can reach (a "reference" no merge
-can match): every later trial's round-1 upper bounds are then dominated, whatever the model
+real trial is on it, one extra trial that scored above anything a trial can reach on every item
+(1.5, where scores are ≤ 1): every later trial is then beaten item by item, whatever the model
 answers. What is checked is everything after the decision: the row (pruned, the round reached,
 its round-1 scores), Optuna's PRUNED, the front and its files without it.
 """
@@ -20,14 +20,18 @@ from search.config import parse_search_config
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
-UNREACHABLE = (-1, [1.5] * len(OBJECTIVES))  # WTRs are ≤ 1: this point dominates every trial
+
+
+def unreachable(points):
+    """A front trial scored 1.5 on every item the real front trial was scored on (scores are ≤ 1)."""
+    return -1, {o: dict.fromkeys(items, 1.5) for o, items in points[0][1].items()}
 
 
 def test_a_pruned_trial_is_recorded_pruned_told_pruned_and_kept_off_the_front(smollm_family, tmp_path, monkeypatch):
     publish = search.recorder.publish_front
 
     def with_unreachable_point(racing, points):
-        publish(racing, points + [UNREACHABLE] if points else points)
+        publish(racing, points + [unreachable(points)] if points else points)
 
     monkeypatch.setattr(search.recorder, "publish_front", with_unreachable_point)
     config = parse_search_config({
