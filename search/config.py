@@ -110,11 +110,14 @@ class RacingConfig(_Strict):
 
     enabled: bool | Literal["auto"] = Field(
         "auto", description="true, false, or auto: on when search.n_trials >= auto_trials (a short search has "
-                            "too few finished trials to compare with)")
+                            "too few finished trials to compare with) and the search items >= auto_items")
     first_round: float = Field(0.25, gt=0, lt=1, description="share of the search items (per category, seeded "
                                                               "with search.seed, the same for every trial) "
                                                               "judged before a trial may be stopped")
     auto_trials: int = Field(40, ge=1, description="with enabled: auto, the budget from which racing is on")
+    auto_items: int = Field(200, ge=1, description="with enabled: auto, the search items from which racing is on "
+                                                   "(below, one generation batch answers them all and a second round "
+                                                   "costs nearly as much as it saves)")
 
     @field_validator("enabled", mode="before")
     @classmethod

@@ -22,27 +22,6 @@ def pytest_report_header(config) -> str:
     return f"free disk in {where}: {shutil.disk_usage(where).free / 1e9:.1f} GB (the suite needs about 4 GB)"
 
 
-#: tests that need the trained example family run in one xdist worker, which builds it once
-EXAMPLE_GROUP = "example-family"
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
-def pytest_collection_modifyitems(config, items) -> None:
-    """Group tests for `pytest -n N --dist loadgroup` (the suite's default, pyproject.toml): a
-    module runs whole on one worker, so its module-scoped fixtures (a vLLM server, a finished
-    search) start once; every module with a test of the trained example family runs on one
-    worker, whose session-scoped `example_models` is then built once (~80 s). Much of the suite's
-    time is waiting (Ray start-up, actor restarts, vLLM start-up), so two workers overlap it even
-    on 2 cores."""
-    def module(item) -> str:
-        return item.nodeid.split("::")[0]
-
-    family = {module(item) for item in items if "example_models" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(EXAMPLE_GROUP if module(item) in family else module(item)))
-
-
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
     "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 3, "vocab_size": 40,
@@ -174,9 +153,22 @@ EXAMPLE_HOMOGENEOUS = ("dpo",)  # one seeded re-run, for the homogeneous-pair te
 @pytest.fixture(scope="session")
 def example_models(tmp_path_factory) -> dict[str, Path]:
     """The example family built the real way but short: base, dpo, kto, orpo and one
-    homogeneous re-run (dpo-s1), shared by every test that needs trained variants."""
+    homogeneous re-run (dpo-s1), shared by every test that needs trained variants, and by both
+    xdist workers (`-n 2` in pyproject.toml): the first builds it (~80 s) in their common temp
+    folder while the other waits on the lock, then reads where it is."""
+    from filelock import FileLock
+
     from search.example import prepare_example
 
-    torch.set_num_threads(2)
-    return prepare_example(tmp_path_factory.mktemp("example"), steps=EXAMPLE_STEPS,
-                           profile_tokens=EXAMPLE_PROFILE_TOKENS, homogeneous=EXAMPLE_HOMOGENEOUS)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-USER/pytest-N/, above every worker's own gwK/
+    ready = root / "example-family.json"
+    with FileLock(root / "example-family.lock"):
+        if ready.exists():
+            return {name: Path(path) for name, path in json.loads(ready.read_text()).items()}
+        torch.set_num_threads(2)
+        models = prepare_example(root / "example-family", steps=EXAMPLE_STEPS, profile_tokens=EXAMPLE_PROFILE_TOKENS,
+                                 homogeneous=EXAMPLE_HOMOGENEOUS)
+        ready.write_text(json.dumps({name: str(path) for name, path in models.items()}))
+        return models

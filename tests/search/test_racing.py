@@ -86,21 +86,32 @@ def test_round_one_is_a_seeded_share_of_every_category():
     assert first_round(["safe", "unsafe"], 0.5, seed=0) == []  # round 1 would be every item: no racing
 
 
-def test_auto_races_from_the_configured_budget_up():
-    assert not racing_enabled("auto", 39, 40) and racing_enabled("auto", 40, 40)
-    assert racing_enabled(True, 10, 40) and not racing_enabled(False, 400, 40)
+def test_auto_races_from_the_configured_budget_and_items_up():
+    assert not racing_enabled("auto", 39, 200, 40, 200) and racing_enabled("auto", 40, 200, 40, 200)
+    assert not racing_enabled("auto", 400, 199, 40, 200)  # one generation batch: a second round costs its latency
+    assert racing_enabled(True, 10, 8, 40, 200) and not racing_enabled(False, 400, 1000, 40, 200)
+
+
+def test_auto_says_which_threshold_kept_racing_off():
+    from search.racing import start_racing
+
+    settings = parse_search_config({"models": {"example": True}}).search.racing
+    items = [{"category": "safe"}] * 36
+    assert start_racing(settings, 40, items, "ns", 0) == (
+        None, "racing on items: off (auto: 36 search items < search.racing.auto_items (200))")
 
 
 def test_racing_config_defaults_and_errors_name_the_field():
     config = parse_search_config({"models": {"example": True}})
-    assert (config.search.racing.enabled, config.search.racing.first_round, config.search.racing.auto_trials) == \
-        ("auto", 0.25, 40)
+    racing = config.search.racing
+    assert (racing.enabled, racing.first_round, racing.auto_trials, racing.auto_items) == ("auto", 0.25, 40, 200)
     on = parse_search_config({"models": {"example": True}, "search": {"racing": {"enabled": True, "first_round": 0.5}}})
     assert on.search.racing.enabled is True and on.search.racing.first_round == 0.5
     for racing, message in (({"enabled": "yes"}, "search.racing.enabled: must be true, false or auto, got 'yes'"),
                             ({"first_round": 1.0}, "search.racing.first_round: Input should be less than 1"),
                             ({"first_round": 0}, "search.racing.first_round: Input should be greater than 0"),
                             ({"auto_trials": 0}, "search.racing.auto_trials: Input should be greater than or equal to 1"),
+                            ({"auto_items": 0}, "search.racing.auto_items: Input should be greater than or equal to 1"),
                             ({"rounds": 3}, "search.racing.rounds: Extra inputs are not permitted")):
         with pytest.raises(SearchConfigError) as err:
             parse_search_config({"models": {"example": True}, "search": {"racing": racing}})
