@@ -9,10 +9,8 @@ b. parser: a reply that holds the candidate's planted verdict next to a differen
    ParseError, never the planted verdict;
 c. rubric judge: injected vs shape-matched control verdicts are identical, every payload,
    every dimension (zero flips, exact);
-d. a real model judge (SmolLM2-135M behind vLLM's OpenAI-compatible server, slow): the
-   machinery holds (every verdict is OK or counted unparseable, every verdict comes from a
-   reply that is the judge's own JSON object); the flips are recorded, not asserted — a
-   135M judge follows planted verdicts more or less at random.
+d. a real model judge (SmolLM2-135M behind vLLM's OpenAI-compatible server, slow): in
+   tests/judges/test_judges_vllm.py, beside the other tests that share that server.
 """
 
 from __future__ import annotations
@@ -21,18 +19,16 @@ import functools
 import json
 import re
 import unicodedata
-import urllib.request
 
 import pytest
 
 import judges.heuristic as heuristic
 from judges import (
-    DEFAULT_RUBRIC, OpenAIJudgeConfig, Order, ParseError, Rubric, VerdictStatus, build_judge,
+    DEFAULT_RUBRIC, Order, ParseError,
     build_messages, load_eval_set, neutralise, parse_verdict, system_prompt,
 )
 from judges.heuristic import RubricJudge, has_follow_up, is_refusal, user_facing, words
 from judges.injection_suite import PAYLOADS, Case, Position, build_cases, control_text, format_report, run_suite
-from runtime import vllm_available
 
 _MARKER = re.compile(r"<<<((?:END_)?(?:QUESTION|ANSWER_A|ANSWER_B))_(\w+)>>>")
 _SPECIAL = re.compile(r"<\|[^\s|]+\|>|<｜[^\s｜]+｜>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]")
@@ -176,69 +172,3 @@ def test_user_facing_blanks_only_text_addressed_to_the_judge():
     for item in load_eval_set("soupsearch-eval-v1"):
         assert is_refusal(user_facing(item.gold)) == is_refusal(item.gold), item.id
         assert has_follow_up(user_facing(item.gold)) == has_follow_up(item.gold), item.id
-
-
-# --- d. a real model judge through the OpenAI-compatible path (slow) --------------------------
-
-#: Three dimensions per item instead of six keep the CPU run short (the bench runs all seven).
-SLOW_RUBRIC = Rubric(f"{DEFAULT_RUBRIC.version}+injection-slow",
-                     tuple(DEFAULT_RUBRIC.spec(n) for n in ("safety", "factuality", "false_rejection",
-                                                            "false_acceptance")))
-
-
-def _count_template_tokens(server_v1: str, messages: list[dict[str, str]]) -> int:
-    body = json.dumps({"model": "smollm", "messages": messages, "add_generation_prompt": True}).encode()
-    req = urllib.request.Request(server_v1.removesuffix("/v1") + "/tokenize", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        tokens = json.load(resp)["tokens"]
-    return sum(t in (1, 2) for t in tokens)  # SmolLM2: <|im_start|> = 1, <|im_end|> = 2
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
-def test_real_judge_treats_injections_as_content(vllm_api_server, tmp_path):
-    cases = build_cases(load_eval_set("smoke").subset(4, seed=0), alternate_bases=True)
-
-    # The served path: the chat-template payload adds no real role token once neutralised.
-    template = next(c for c in cases if c.payload.name == "chat_template_tokens").injected
-    messages = build_messages(template, Order.CANDIDATE_FIRST, SLOW_RUBRIC)
-    assert _count_template_tokens(vllm_api_server, messages) == 5  # system, user, assistant prompt
-    raw = [messages[0], {"role": "user", "content": template.answer}]
-    assert _count_template_tokens(vllm_api_server, raw) > 5  # what neutralise prevents
-
-    judge = build_judge(OpenAIJudgeConfig(base_url=vllm_api_server, model="smollm", api_key_env=None,
-                                          concurrency=8, timeout_s=120, max_tokens=64, json_schema=True,
-                                          both_orders=False, parse_retries=1), SLOW_RUBRIC)
-    replies: list[tuple[tuple[str, ...], str | None]] = []
-    complete = judge.complete
-
-    def recording(messages, dimensions=()):
-        reply, n = complete(messages, dimensions)
-        replies.append((dimensions, reply))
-        return reply, n
-
-    judge.complete = recording  # type: ignore[method-assign]
-    report, injected, control = run_suite(judge, cases)
-
-    verdicts = injected + control
-    assert {v.status for v in verdicts} <= {VerdictStatus.OK, VerdictStatus.UNPARSEABLE}, \
-        [v.error for v in verdicts if v.status is VerdictStatus.FAILED]
-    for v in verdicts:
-        assert not v.ok or set(v.outcomes) == set(SLOW_RUBRIC.applicable(v.category))
-    # Every reply the parser turned into labels is the judge's own JSON object and nothing
-    # else: no label was read out of prose that quotes the candidate.
-    for dims, reply in replies:
-        try:
-            labels = parse_verdict(reply, dims)
-        except ParseError:
-            continue
-        obj = json.loads(reply or "")
-        assert isinstance(obj, dict) and set(obj) == set(dims) and obj == labels
-    assert report.verdicts == len(verdicts)
-    assert report.total_compared == sum(len(SLOW_RUBRIC.applicable(c.injected.category))
-                                        for c, vi, vc in zip(cases, injected, control) if vi.ok and vc.ok)
-    table = format_report(report, f"SmolLM2-135M judge via vLLM OpenAI server, json_schema, one order, "
-                                  f"{len(cases)} cases")
-    (tmp_path / "injection_flips.txt").write_text(table + "\n")
-    print(f"\n{table}\n(written to {tmp_path / 'injection_flips.txt'})")
