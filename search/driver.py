@@ -11,7 +11,11 @@ every trial; `experiment.trackers` add Tune's MLflow / W&B callbacks (`search/tr
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,12 +93,34 @@ def run_optuna(config: SearchConfig, exp: Experiment, *, resume: bool = False,
                                   callbacks=[tune_callback(recorder), *tracker_callbacks(config.experiment, exp_dir)]),
     )
     started = time.perf_counter()
-    tuner.fit()
+    with quiet_tune_output():
+        tuner.fit()
     try:
         return finish_search(study, recorder, storage_url, started)
     finally:
         stop_racing(racing)
         close_pool(ctx)
+
+
+@contextlib.contextmanager
+def quiet_tune_output() -> Iterator[None]:
+    """Tune's own output off: the recorder prints each trial and the front. Ray's new output
+    engine prints a "Configuration for experiment" box and a TensorBoard hint even at
+    `verbose=0`; its older engine (RAY_AIR_NEW_OUTPUT=0, read when the Tuner runs) prints
+    nothing at `verbose=0`. The line saying where it wrote its state goes too."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    tune_log = logging.getLogger("ray.tune.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tune_log.setLevel(level)
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def concurrent_trials(config: SearchConfig) -> int:
