@@ -45,17 +45,24 @@ FrontPoint = tuple[int, ItemScores]
 _BOARDS: dict[str, Any] = {}
 
 
-def racing_enabled(enabled: bool | str, n_trials: int, n_items: int, auto_trials: int, auto_items: int) -> bool:
-    """`search.racing.enabled`: true / false, or `auto`: on from `auto_trials` trials and
-    `auto_items` search items up. A short search has too few finished trials for a front worth
-    comparing with. And a round is a generation batch whose time is set by its longest answer, not
-    by how many items it holds, until the items fill the engine's batch: on the CPU example a
-    6-item round 1 took 3.4 s and the 18 other items 5.2 s more, against 5.2 s for all 24 at once,
-    so on few items a surviving trial pays ~1.6x the generation seconds and racing saves wall time
-    only when most trials are pruned."""
-    if isinstance(enabled, bool):
-        return enabled
-    return n_trials >= auto_trials and n_items >= auto_items
+def racing_off_reason(enabled: bool | str, n_trials: int, n_items: int, auto_trials: int,
+                      auto_items: int) -> str | None:
+    """Why `search.racing` is off (None: it is on). `enabled`: true / false, or `auto`: on from
+    `auto_trials` trials and `auto_items` search items up. A short search has too few finished
+    trials for a front worth comparing with. And a round is a generation batch whose time is set
+    by its longest answer, not by how many items it holds, until the items fill the engine's
+    batch: on the CPU example a 6-item round 1 took 3.4 s and the 18 other items 5.2 s more,
+    against 5.2 s for all 24 at once, so on few items a surviving trial pays ~1.6x the generation
+    seconds and racing saves wall time only when most trials are pruned."""
+    if enabled is True:
+        return None
+    if enabled is False:
+        return "search.racing.enabled: false"
+    if n_trials < auto_trials:
+        return f"auto: {n_trials} trials < search.racing.auto_trials ({auto_trials})"
+    if n_items < auto_items:
+        return f"auto: {n_items} search items < search.racing.auto_items ({auto_items})"
+    return None
 
 
 def first_round(categories: Sequence[str], fraction: float, seed: int) -> list[int]:
@@ -142,13 +149,8 @@ def start_racing(settings: Any, n_trials: int, items: Sequence[Mapping[str, Any]
                  seed: int) -> tuple[Racing | None, str]:
     """The search's racing (None when off) and one line saying what was chosen and why.
     `settings` is `search.racing`; `items` the search items' records; starts the board actor."""
-    if not racing_enabled(settings.enabled, n_trials, len(items), settings.auto_trials, settings.auto_items):
-        if settings.enabled is False:
-            why = "search.racing.enabled: false"
-        elif n_trials < settings.auto_trials:
-            why = f"auto: {n_trials} trials < search.racing.auto_trials ({settings.auto_trials})"
-        else:
-            why = f"auto: {len(items)} search items < search.racing.auto_items ({settings.auto_items})"
+    why = racing_off_reason(settings.enabled, n_trials, len(items), settings.auto_trials, settings.auto_items)
+    if why is not None:
         return None, f"racing on items: off ({why})"
     first = first_round([it.get("category", "") for it in items], settings.first_round, seed)
     if not first:

@@ -14,7 +14,7 @@ import pytest
 
 from judges import EvalItem, RubricJudgeConfig, build_judge
 from search.config import SearchConfigError, parse_search_config
-from search.racing import Racing, dominating_trial, first_round, optimistic_differences, racing_enabled
+from search.racing import Racing, dominating_trial, first_round, optimistic_differences, racing_off_reason
 
 OBJECTIVES = ["safety", "factuality", "conciseness", "proactivity"]
 
@@ -87,9 +87,12 @@ def test_round_one_is_a_seeded_share_of_every_category():
 
 
 def test_auto_races_from_the_configured_budget_and_items_up():
-    assert not racing_enabled("auto", 39, 200, 40, 200) and racing_enabled("auto", 40, 200, 40, 200)
-    assert not racing_enabled("auto", 400, 199, 40, 200)  # one generation batch: a second round costs its latency
-    assert racing_enabled(True, 10, 8, 40, 200) and not racing_enabled(False, 400, 1000, 40, 200)
+    assert racing_off_reason("auto", 39, 200, 40, 200) == "auto: 39 trials < search.racing.auto_trials (40)"
+    assert racing_off_reason("auto", 40, 200, 40, 200) is None
+    # one generation batch: a second round costs its latency
+    assert racing_off_reason("auto", 400, 199, 40, 200) == "auto: 199 search items < search.racing.auto_items (200)"
+    assert racing_off_reason(True, 10, 8, 40, 200) is None
+    assert racing_off_reason(False, 400, 1000, 40, 200) == "search.racing.enabled: false"
 
 
 def test_auto_says_which_threshold_kept_racing_off():
