@@ -184,6 +184,31 @@ def weighted_sum_(out: torch.Tensor, xs: Sequence[torch.Tensor], coefs: torch.Te
     return count_unrepresentable(merged, out.dtype)
 
 
+def task_vector_sum_(out: torch.Tensor, inputs: Sequence[torch.Tensor], coefs: torch.Tensor,
+                     start: int) -> torch.Tensor:
+    """out = b + Σ_i coefs[i]·(x_i − b) (inputs: b, then the models; the deltas summed in
+    model order before the base is added back, as SLERP of task vectors writes it);
+    returns the NaN/inf count."""
+    base = inputs[0].float()
+    total = (inputs[1].float() - base) * coefs[0]
+    for i in range(2, len(inputs)):
+        total = total + (inputs[i].float() - base) * coefs[i - 1]
+    merged = total + base
+    out.copy_(merged.to(out.dtype))
+    return count_unrepresentable(merged, out.dtype)
+
+
+def dot_products(out: None, inputs: Sequence[torch.Tensor | None], start: int, *,
+                 pairs: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """⟨d_i, d_j⟩ for each (i, j) in pairs, d_i = x_i − b (x_i when b is None; inputs: b or
+    None, then the models), float32 sums, in one pass that reads every input once: what
+    the SLERP family's angles and norms are made of. The compiled reduction accumulates in
+    vector lanes and threads (like `l1_norms`)."""
+    b, *xs = inputs
+    ds = [_delta(x, b) for x in xs]
+    return torch.stack([(ds[i] * ds[j]).sum() for i, j in pairs])
+
+
 def l1_norms(out: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor | None], fparams: torch.Tensor,
              iparams: torch.Tensor, dellas: Sequence[tuple | None], start: int, *,
              kinds: tuple[str, ...]) -> torch.Tensor:
@@ -257,6 +282,20 @@ def mark_range_(out: torch.Tensor, inputs: Sequence[torch.Tensor | None], low: t
     x, b = inputs
     a = magnitudes(x, b)
     out.copy_(torch.where((a > low) & (a <= high), 1, 0).to(out.dtype))
+
+
+def mark_ranges_(out: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor | None], lows: torch.Tensor,
+                 highs: torch.Tensor, start: int, *, width: int) -> None:
+    """out[m] = g + 1 where lows[m, g] < |x_m − b| ≤ highs[m, g], else 0, as int8, for the
+    `width` (disjoint; unused ones empty) intervals of each model (inputs: b or None, then
+    the models), in one pass that reads the base once."""
+    b, *xs = inputs
+    for m, x in enumerate(xs):
+        a = magnitudes(x, b)
+        code = torch.zeros_like(a)
+        for g in range(width):
+            code = code + torch.where((a > lows[m, g]) & (a <= highs[m, g]), float(g + 1), 0.0)
+        out[m].copy_(code.to(out[m].dtype))
 
 
 def della_row_floors(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:

@@ -17,36 +17,36 @@ parameters are merged by LERP, θ_base + (1−t)·d1 + t·d2, because the study 
 RMSNorm weights broke the models. Near-collinear or zero alignment vectors also use LERP.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from merging.registry import register
+from merging.weighted_sum import gram, task_vector_sum, weighted_sum
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
 
 
-def slerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-    """SLERP between two whole tensors (flattened), lerp when nearly collinear or zero."""
-    n0 = torch.linalg.vector_norm(v0)
-    n1 = torch.linalg.vector_norm(v1)
+def slerp_coefficients(t: float, g: torch.Tensor) -> tuple[float, float]:
+    """(c0, c1) with slerp(t, v0, v1) = c0·v0 + c1·v1, from the Gram matrix of v0, v1:
+    lerp's (1 − t, t) when either is ~0 or they are nearly collinear. Two passes over
+    memory in all (dot products, then the sum) instead of a dozen float32 temporaries."""
+    n0, n1 = math.sqrt(max(float(g[0, 0]), 0.0)), math.sqrt(max(float(g[1, 1]), 0.0))
     if n0 <= EPS or n1 <= EPS:
-        return torch.lerp(v0, v1, float(t))
-    dot = float(torch.dot(v0.reshape(-1), v1.reshape(-1)) / (n0 * n1))
-    dot = max(-1.0, min(1.0, dot))
+        return 1.0 - t, t
+    dot = max(-1.0, min(1.0, float(g[0, 1]) / (n0 * n1)))
     if abs(dot) > DOT_THRESHOLD:
-        return torch.lerp(v0, v1, float(t))
-    omega = torch.acos(torch.tensor(dot, dtype=torch.float64))
-    sin_omega = torch.sin(omega)
-    c0 = float(torch.sin((1 - t) * omega) / sin_omega)
-    c1 = float(torch.sin(t * omega) / sin_omega)
-    return torch.add(v0 * c0, v1, alpha=c1)
+        return 1.0 - t, t
+    omega = math.acos(dot)
+    return math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)
 
 
-def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, t: float = 0.5) -> torch.Tensor:
+def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, t: float = 0.5,
+          out_dtype: torch.dtype | None = None) -> torch.Tensor:
     (other,) = tensors
-    return slerp_pair(float(t), base, other)
+    return weighted_sum([base, other], slerp_coefficients(float(t), gram([base, other])), out_dtype)
 
 
 def alignment_slerp(
@@ -56,13 +56,13 @@ def alignment_slerp(
     t: float = 0.5,
     lerp_norms: bool = True,
     module_class: str = "other",
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    d1, d2 = (tensor - base for tensor in tensors)
     if lerp_norms and module_class == "norm":
-        merged = torch.lerp(d1, d2, float(t))
+        coefs = (1.0 - float(t), float(t))
     else:
-        merged = slerp_pair(float(t), d1, d2)
-    return merged.add_(base)
+        coefs = slerp_coefficients(float(t), gram(tensors, base))
+    return task_vector_sum(base, tensors, coefs, out_dtype)
 
 
 register(slerp, "slerp", family="interpolation", max_models=1)

@@ -9,6 +9,7 @@ ties (deltas of bf16 checkpoints), and samples that miss.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from merging.methods.dare import dare_linear, dare_ties
 from merging.methods.della import della, della_linear
 from merging.methods.linear import linear
+from merging.methods.multislerp import multislerp, nuslerp
+from merging.methods.slerp import alignment_slerp, slerp
 from merging.methods.task_arithmetic import task_arithmetic
 from merging.methods.ties import ties
-from merging.selection import TIE_BLOCK, magnitude_at_rank, tie_cut, tie_cuts
+from merging.selection import TIE_BLOCK, magnitude_at_rank, magnitudes_at_ranks, tie_cut, tie_cuts
 
 pytestmark = pytest.mark.skipif(compile_policy.compiler_missing("cpu") is not None,
                                 reason="no C++ compiler for torch.compile")
@@ -115,6 +118,41 @@ def test_linear_and_task_arithmetic_are_bit_identical(dtype, both_paths):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_slerp_family_is_two_passes_that_agree_with_the_formulas_on_both_paths(dtype, both_paths):
+    """slerp, alignment_slerp, nuslerp and multislerp compute dot products in one pass and
+    combine in another: compiled and eager sum the dot products in different orders, so the
+    coefficients (and the results) agree to float32 rounding, against the formulas in float64."""
+    base, (x1, x2, x3) = family(dtype, seed=6)
+    b, d1, d2 = base.double(), x1.double() - base.double(), x2.double() - base.double()
+
+    def angle(u: torch.Tensor, v: torch.Tensor) -> float:
+        return math.acos(float(u.flatten() @ v.flatten() / (u.norm() * v.norm())))
+
+    def two_point(t: float, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        omega = angle(u, v)
+        return (math.sin((1 - t) * omega) * u + math.sin(t * omega) * v) / math.sin(omega)
+
+    cases = [
+        (slerp, ([x1], base), dict(t=0.3), two_point(0.3, b, x1.double())),
+        (alignment_slerp, ([x1, x2], base), dict(t=0.3), b + two_point(0.3, d1, d2)),
+        (nuslerp, ([x1, x2], base), dict(weight=[1.0, 3.0]), b + two_point(0.75, d1, d2)),
+        (multislerp, ([x1, x2], base), dict(weight=[1.0, 1.0]), None),
+        (multislerp, ([x1, x2, x3], base), dict(weight=[1.0, 2.0, 1.0]), None),
+    ]
+    for fn, args, kwargs, expected in cases:
+        got, want = both_paths(fn, *args, **kwargs, out_dtype=torch.float32)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        if expected is not None:
+            torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+    # two unit-norm-weighted orthogonal-ish task vectors: multislerp of a pair is its SLERP midpoint
+    got, _ = both_paths(multislerp, [x1, x2], base, weight=[1.0, 1.0], out_dtype=torch.float32)
+    n1, n2 = float(d1.norm()), float(d2.norm())
+    u1, u2 = d1 / n1, d2 / n2
+    m = (u1 + u2) / (u1 + u2).norm()
+    torch.testing.assert_close(got.double(), b + m * (n1 + n2) / 2, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("fn,kwargs", [
     (ties, dict(weight=[1.0, 0.5], density=[0.3, 0.6], rescale=True)),
     (dare_linear, dict(weight=[1.0, 0.5], density=[0.3, 0.6])),  # mergekit's default: L1 rescale
@@ -146,6 +184,24 @@ def test_ties_keeps_exactly_k_when_the_threshold_is_heavily_tied(both_paths):
         kept_ties = ((got.abs() == t)).view(-1).nonzero().view(-1)
         all_ties = (models[0].abs() == t).view(-1).nonzero().view(-1)
         assert torch.equal(kept_ties, all_ties[: kept_ties.numel()])
+
+
+@pytest.mark.parametrize("compiled", ["1", "0"])
+def test_ranks_of_several_models_are_resolved_together(compiled, monkeypatch):
+    """Every model's ranks, near each other (two ranks between the same pivots share one
+    gathered interval) and far apart, from one counting pass and one gathering pass."""
+    monkeypatch.setenv("SOUPSEARCH_COMPILE", compiled)
+    g = torch.Generator().manual_seed(11)
+    n = 1 << 18
+    b = torch.randn(n, generator=g)
+    xs = [b + torch.randn(n, generator=g) * s for s in (0.1, 1.0, 3.0)]
+    ranks = [[n // 2, n // 2 + 3], [17, n - 40_000], [n // 5]]
+    got = magnitudes_at_ranks(xs, b, ranks)
+    for x, rs, ths in zip(xs, ranks, got):
+        mags = (x - b).abs()
+        for rank, th in zip(rs, ths):
+            t = float(torch.kthvalue(mags, rank).values)
+            assert (th.value, th.n_less, th.n_equal) == (t, int((mags < t).sum()), int((mags == t).sum()))
 
 
 @pytest.mark.parametrize("data", ["continuous", "tied", "some_ties", "spike", "sorted"])
