@@ -17,8 +17,9 @@ model and a kind per model, which is static (the compiled code specializes on it
     kind "random": keep iff u(seed, i) < f[DENSITY] (DARE)
     kind "della":  keep iff u(seed, i) < p(row, bin(|d|)), p from a per-row table, and
                    with f[INVERSE] = 1 scale kept entries by 1/p (DELLA)
-    kind "mask":   keep iff the model's int8 mask is set (DELLA's draws, written by the L1
-                   pass that needed them first, so the mix does not rank and draw again)
+    kind "mask":   keep iff bit k[MASK_BIT] of the packed int8 mask is set (DARE's and DELLA's
+                   draws, written by the L1 pass that needed them first, one byte per entry
+                   for up to MAX_MASKED models, so the mix does not draw again)
 
 i is the entry's flat index (chunks pass their `start`), u the counter-based draw of
 `draw_uniform`, the same bits on every device and for every chunking.
@@ -33,8 +34,9 @@ import torch
 
 # Columns of fparams / iparams.
 LO_HEAD, LO_TAIL, HI_HEAD, HI_TAIL, DENSITY, COEF, WEIGHT, INVERSE = range(8)
-LO_CUT, HI_CUT, SEED = range(3)
-N_FPARAMS, N_IPARAMS = 8, 3
+LO_CUT, HI_CUT, SEED, MASK_BIT = range(4)
+N_FPARAMS, N_IPARAMS = 8, 4
+MAX_MASKED = 7   # models whose draws one int8 mask holds, a bit each (127 at most: no sign)
 
 # DELLA ranks magnitudes within a row at the resolution of the float32 bit pattern >> 19
 # (exponent and 4 mantissa bits: 16 bins per binade, each bin spanning at most 6.25 % of its
@@ -103,7 +105,7 @@ def kept(d: torch.Tensor, index: torch.Tensor, kind: str, f: torch.Tensor, k: to
         return d
     if kind == "mask":  # a multiply: a compiled CPU loop vectorizes it, not a select on int8 (2.6x)
         assert mask is not None
-        return d * mask.float()
+        return d * ((mask.to(torch.int32) >> k[MASK_BIT]) & 1).float()
     if kind == "window":
         a = d.abs()
         low = torch.where(index < k[LO_CUT], f[LO_HEAD], f[LO_TAIL])
@@ -129,10 +131,11 @@ def mix_(out: torch.Tensor, inputs: Sequence[torch.Tensor], fparams: torch.Tenso
     γ's sign (a zero never agrees), θ = θ_base + λ Σ_agreeing v_i / D, D = Σ_agreeing w_i
     (0 → 1) if normalize else 1.
     """
-    b, xs, masks = inputs[0], inputs[1 : 1 + len(kinds)], _masks_by_model(inputs[1 + len(kinds):], kinds)
+    b, xs = inputs[0], inputs[1 : 1 + len(kinds)]
+    packed = inputs[1 + len(kinds)] if "mask" in kinds else None
     index = _index(start, out)
     base = b.float()
-    vs = [kept(x.float() - base, index, kind, fparams[m], iparams[m], dellas[m], masks[m]) * fparams[m, COEF]
+    vs = [kept(x.float() - base, index, kind, fparams[m], iparams[m], dellas[m], packed) * fparams[m, COEF]
           for m, (x, kind) in enumerate(zip(xs, kinds))]
     if not consensus:
         merged = base
@@ -209,23 +212,32 @@ def dot_products(out: None, inputs: Sequence[torch.Tensor | None], start: int, *
     return torch.stack([(ds[i] * ds[j]).sum() for i, j in pairs])
 
 
-def l1_norms(out: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor | None], fparams: torch.Tensor,
+def l1_norms(out: torch.Tensor | None, inputs: Sequence[torch.Tensor | None], fparams: torch.Tensor,
              iparams: torch.Tensor, dellas: Sequence[tuple | None], start: int, *,
-             kinds: tuple[str, ...]) -> torch.Tensor:
+             kinds: tuple[str, ...], masked: tuple[bool, ...]) -> torch.Tensor:
     """Per model, (‖δ‖₁, ‖keep(δ)‖₁) for an L1 rescale, in one pass that reads the base once
-    (inputs: b or None, then the models; float32 (M, 2)); where out[m] is given, model m's
-    keep mask is written there (int8) for the mix to read. The compiled reduction
+    (inputs: b or None, then the models; float32 (M, 2)); where out is given, each model
+    with masked[m] sets bit iparams[m, MASK_BIT] of it (int8) where its draw keeps the
+    entry, for the mix to read instead of drawing again. The compiled reduction
     accumulates in vector lanes and threads: 4e-8 relative error on 28M entries against a
     float64 sum, at half its cost."""
     b, *xs = inputs
     sums = []
+    bits = None
     for m, (x, kind) in enumerate(zip(xs, kinds)):
         d = _delta(x, b)
-        kept_d = kept(d, _index(start, d), kind, fparams[m], iparams[m], dellas[m])
-        if out[m] is not None:
-            out[m].copy_(torch.where(_drawn_keep(d, _index(start, d), kind, fparams[m], iparams[m], dellas[m]), 1, 0)
-                         .to(out[m].dtype))
+        index = _index(start, d)
+        if masked[m]:
+            keep = _drawn_keep(d, index, kind, fparams[m], iparams[m], dellas[m])
+            kept_d = kept(d, index, kind, fparams[m], iparams[m], dellas[m]) if kind == "della" \
+                else torch.where(keep, d, 0.0)
+            bit = torch.where(keep, torch.ones_like(index) << iparams[m, MASK_BIT], 0)
+            bits = bit if bits is None else bits + bit
+        else:
+            kept_d = kept(d, index, kind, fparams[m], iparams[m], dellas[m])
         sums.append(torch.stack([d.abs().sum(), kept_d.abs().sum()]))
+    if out is not None and bits is not None:
+        out.copy_(bits.to(out.dtype))
     return torch.stack(sums)
 
 
@@ -237,12 +249,6 @@ def _drawn_keep(d: torch.Tensor, index: torch.Tensor, kind: str, f: torch.Tensor
         return u < f[DENSITY]
     assert kind == "della" and della is not None
     return u < della_lookup(*della, d.abs(), index)
-
-
-def _masks_by_model(masks: Sequence[torch.Tensor], kinds: tuple[str, ...]) -> list[torch.Tensor | None]:
-    """The mask inputs, one per "mask" model in order, spread to a list indexed by model."""
-    found = iter(masks)
-    return [next(found) if kind == "mask" else None for kind in kinds]
 
 
 def count_at_most(out: None, inputs: Sequence[torch.Tensor | None], pivots: torch.Tensor, start: int, *,

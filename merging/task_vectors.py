@@ -268,29 +268,33 @@ def _rescale_factors(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: 
                      keeps: Sequence[Keep]) -> tuple[list[float], list[torch.Tensor]]:
     """Each model's scalar rescale: ‖δ‖₁/‖keep(δ)‖₁ for "l1" (one pass over every model that
     needs it), 1/density for "inverse_density" (DELLA's per-entry 1/p is applied in the mix).
-    DELLA's keep mask is written by that pass (int8, one byte an entry) and its model's kind
-    becomes "mask": the mix reads the mask instead of ranking and drawing again. Returns the
-    factors and the masks, in model order."""
+    The drawn models' keep bits are written by that pass (one packed int8 mask, a bit per
+    model) and their kind becomes "mask": the mix reads the bits instead of drawing again.
+    Returns the factors and the packed mask ([] when none was written)."""
     norms = [None if trivial(r) is not None or k.f[kernels.COEF] == 0 else r.rescale_norm for r, k in zip(rules, keeps)]
     factors = [1.0 / r.density if n == "inverse_density" and not isinstance(r, DellaDrop) else 1.0
                for r, n in zip(rules, norms)]
     l1 = [i for i, n in enumerate(norms) if n == "l1"]
-    masks: dict[int, torch.Tensor] = {}
+    masks: list[torch.Tensor] = []
     if l1:
         device = xs[0].device
-        # DELLA's keep test (a row, a bin, a table lookup, a draw) costs more to redo in the
-        # mix than a mask costs to write and read (2.9 -> 2.5 s on the example family); DARE's
-        # draw alone does not (0.52 -> 0.65 s), so DARE draws again.
-        masks = {i: torch.empty(xs[i].numel(), dtype=torch.int8, device=device) for i in l1
-                 if keeps[i].kind == "della"}
-        sums = run(kernels.l1_norms, [masks.get(i) for i in l1], [b, *(xs[i] for i in l1)],
+        # A random keep test (DARE's draw; DELLA's row, bin, table lookup and draw) costs more
+        # to redo in the mix than a bit of a packed int8 mask costs to write and read: the L1
+        # pass that draws first writes bit j for the j-th drawn model, and those models read it.
+        drawn = [i for i in l1 if keeps[i].kind in ("random", "della")][: kernels.MAX_MASKED]
+        for bit, i in enumerate(drawn):
+            keeps[i].k[kernels.MASK_BIT] = bit
+        packed = torch.empty(xs[0].numel(), dtype=torch.int8, device=device) if drawn else None
+        sums = run(kernels.l1_norms, packed, [b, *(xs[i] for i in l1)],
                    torch.stack([keeps[i].f for i in l1]).to(device), torch.stack([keeps[i].k for i in l1]).to(device),
-                   [keeps[i].della for i in l1], kinds=tuple(keeps[i].kind for i in l1)).cpu().tolist()
+                   [keeps[i].della for i in l1], kinds=tuple(keeps[i].kind for i in l1),
+                   masked=tuple(i in drawn for i in l1)).cpu().tolist()
         for i, (before, after) in zip(l1, sums):
             factors[i] = before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
-        for i in masks:
+        for i in drawn:
             keeps[i].kind, keeps[i].della = "mask", None
-    return factors, [masks[i] for i in sorted(masks)]
+        masks = [] if packed is None else [packed]
+    return factors, masks
 
 
 # ---------------------------------------------------------------------------------------

@@ -277,6 +277,24 @@ def test_draws_are_counter_based_and_masks_match_them(both_paths):
         assert torch.equal(kept != 0, uniform_draws(model_seed(9, 0), 0, x.numel()) < 0.3)
 
 
+def test_packed_draw_bits_give_every_model_its_own_draws(both_paths):
+    """With an L1 rescale the L1 pass writes each drawn model's keep bit into one int8 mask
+    (7 models at most) and the mix reads it; models past the seventh draw again. Either way
+    model m keeps exactly the entries its own counter-based draws keep, rescaled by
+    ‖δ‖₁/‖keep(δ)‖₁ (n / #kept for a constant delta), on both paths."""
+    n, k = 1 << 16, 9
+    base = torch.zeros(n)
+    models = [torch.full((n,), float(m + 1)) for m in range(k)]
+    density = [0.2 + 0.05 * m for m in range(k)]
+    got, want = both_paths(dare_linear, models, base, weight=[1.0] * k, density=density, generator=seeded(5))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    expected = torch.zeros(n, dtype=torch.float64)
+    for m in range(k):
+        keep = uniform_draws(model_seed(5, m), 0, n) < density[m]
+        expected += torch.where(keep, (m + 1) * n / float(keep.sum()), 0.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-5)
+
+
 def test_result_does_not_depend_on_the_thread_count_or_chunking(monkeypatch):
     base, models = family(torch.bfloat16, seed=8)
     threads = torch.get_num_threads()
