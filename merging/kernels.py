@@ -227,10 +227,9 @@ def l1_norms(out: torch.Tensor | None, inputs: Sequence[torch.Tensor | None], fp
     for m, (x, kind) in enumerate(zip(xs, kinds)):
         d = _delta(x, b)
         index = _index(start, d)
-        if masked[m]:
+        if masked[m]:  # an L1 rescale: kept entries are not scaled by 1/p (that is the other rescale)
             keep = _drawn_keep(d, index, kind, fparams[m], iparams[m], dellas[m])
-            kept_d = kept(d, index, kind, fparams[m], iparams[m], dellas[m]) if kind == "della" \
-                else torch.where(keep, d, 0.0)
+            kept_d = torch.where(keep, d, 0.0)
             bit = torch.where(keep, torch.ones_like(index) << iparams[m, MASK_BIT], 0)
             bits = bit if bits is None else bits + bit
         else:
