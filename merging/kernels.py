@@ -267,16 +267,20 @@ def count_at_most(out: None, inputs: Sequence[torch.Tensor | None], pivots: torc
     return torch.stack(rows)
 
 
-def count_equal_blocks(inputs: Sequence[torch.Tensor | None], values: torch.Tensor, *, owners: tuple[int, ...],
-                       block: int) -> torch.Tensor:
-    """For each k, how many magnitudes |x − b| of model owners[k] equal values[k] in each
-    block of `block` entries, as (K, n / block) int32 counts (inputs: b or None, then the
-    models; n a multiple of block), in one pass that reads the base once: where each tie's
-    n-th member lies, to the block, for every tie cut of a merge at once."""
+def count_equal_blocks(inputs: Sequence[torch.Tensor | None], values: torch.Tensor, *, block: int,
+                       slots: int) -> torch.Tensor:
+    """For each model m and slot j, how many magnitudes |x_m − b| equal values[m, j] in each
+    block of `block` entries, as (M, slots, n / block) int32 counts (inputs: b or None, then
+    the models; n a multiple of block; a NaN value counts nothing), in one pass that reads
+    the base once: where each tie's n-th member lies, to the block, for every tie cut of a
+    merge at once."""
     b, *xs = inputs
-    mags = [magnitudes(x, b) for x in xs]
-    return torch.stack([(mags[m] == values[k]).view(-1, block).to(torch.int32).sum(dim=1, dtype=torch.int32)
-                        for k, m in enumerate(owners)])
+    counts = []
+    for m, x in enumerate(xs):
+        a = magnitudes(x, b)
+        counts.append(torch.stack([(a == values[m, j]).view(-1, block).to(torch.int32).sum(dim=1, dtype=torch.int32)
+                                   for j in range(slots)]))
+    return torch.stack(counts)
 
 
 def mark_range_(out: torch.Tensor, inputs: Sequence[torch.Tensor | None], low: torch.Tensor, high: torch.Tensor,

@@ -39,6 +39,7 @@ DIRECT_SELECT = 1 << 16              # smaller tensors: torch.kthvalue on every 
 BRACKET_SIGMAS = 4.0                 # bracket half-width in binomial standard deviations
 PIVOTS = 4                           # counted per pass (a fixed number: one compiled kernel)
 TIE_BLOCK = 1 << 12                  # tie counts per block of this many entries
+TIE_SLOTS = 2                        # tie cuts per model a merge can have: a rank window's two ends
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,19 @@ def tie_cuts(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
         for k, m, th, need in pending:
             cuts[k] = _nth_equal(xs[m], b, th.value, need) + 1
         return cuts
-    models = sorted({m for _, m, _, _ in pending})
-    slot = {m: s for s, m in enumerate(models)}
-    values = torch.tensor([th.value for _, _, th, _ in pending], dtype=torch.float32, device=xs[0].device)
+    # Every model, TIE_SLOTS cuts each (unused ones NaN: equal to nothing), whichever cuts are
+    # pending: one compiled configuration per number of models, not one per outcome.
+    slots = max(TIE_SLOTS, max(sum(1 for _, m2, _, _ in pending if m2 == m) for m in range(len(xs))))
+    values = torch.full((len(xs), slots), math.nan, dtype=torch.float32)
+    used, rows = [0] * len(xs), []
+    for _, m, th, _ in pending:
+        values[m, used[m]] = th.value
+        rows.append(m * slots + used[m])
+        used[m] += 1
     counts = compiled_kernel(kernels.count_equal_blocks)(
-        [None if b is None else b[:full], *(xs[m][:full] for m in models)], values,
-        owners=tuple(slot[m] for _, m, _, _ in pending), block=TIE_BLOCK)
-    totals = counts.cumsum(dim=1).cpu()
+        [None if b is None else b[:full], *(x[:full] for x in xs)], values.to(xs[0].device), block=TIE_BLOCK,
+        slots=slots)
+    totals = counts.view(len(xs) * slots, -1)[rows].cumsum(dim=1).cpu()
     for row, (k, m, th, need) in enumerate(pending):
         block = int(torch.searchsorted(totals[row], need)) if need <= int(totals[row, -1]) else full // TIE_BLOCK
         before = int(totals[row, block - 1]) if block > 0 else 0
