@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from merging import kernels
-from merging.compile import run
+from merging.compile import Kernel, run
 from merging.finite import NonFiniteMergeError
 
 
@@ -48,8 +48,9 @@ def gram(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> t
     return out
 
 
-def _combine(kernel, tensors: Sequence[torch.Tensor], coefs: Sequence[float],
+def _combine(kernel: Kernel, tensors: Sequence[torch.Tensor], coefs: Sequence[float],
              out_dtype: torch.dtype | None) -> torch.Tensor:
+    """One pass of `kernel` (out, flat inputs, coefficients) into a new `out_dtype` tensor."""
     first = tensors[0]
     out = torch.empty(first.shape, dtype=out_dtype or torch.float32, device=first.device)
     flats = [t.contiguous().view(-1) for t in tensors]
