@@ -25,6 +25,7 @@ arbitrary; with distinct magnitudes both select the same entries.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ def tie_cuts(xs: Sequence[torch.Tensor], b: torch.Tensor | None,
         return cuts
     # Every model, TIE_SLOTS cuts each (unused ones NaN: equal to nothing), whichever cuts are
     # pending: one compiled configuration per number of models, not one per outcome.
-    slots = max(TIE_SLOTS, max(sum(1 for _, m2, _, _ in pending if m2 == m) for m in range(len(xs))))
+    slots = max(TIE_SLOTS, *Counter(m for _, m, _, _ in pending).values())
     values = torch.full((len(xs), slots), math.nan, dtype=torch.float32)
     used, rows = [0] * len(xs), []
     for _, m, th, _ in pending:
@@ -168,7 +169,7 @@ def _resolve_all(xs: Sequence[torch.Tensor], b: torch.Tensor | None, wanted: Seq
     # they were all resolved: one compiled configuration per method, not one per outcome.
     groups = {i: _merge_overlaps(intervals.get(i, [])) for i in sorted({i for i, _ in wanted})}
     models = sorted(groups)
-    width = max(sum(1 for i2, _ in wanted if i2 == i) for i in models)
+    width = max(Counter(i for i, _ in wanted).values())
     device = xs[0].device
     lows = torch.full((len(models), width), math.inf, device=device)
     highs = torch.full((len(models), width), -math.inf, device=device)
@@ -238,7 +239,8 @@ def _pivots(sample: torch.Tensor, q: float) -> torch.Tensor:
 def _marked(x: torch.Tensor, b: torch.Tensor | None, low: float, high: float) -> torch.Tensor:
     """An int8 mask of the entries with low < |x − b| ≤ high."""
     mask = torch.empty(x.numel(), dtype=torch.int8, device=x.device)
-    run(kernels.mark_range_, mask, [x, b], torch.tensor(low, device=x.device), torch.tensor(high, device=x.device))
+    run(kernels.mark_ranges_, [mask], [b, x], torch.tensor([[low]], device=x.device),
+        torch.tensor([[high]], device=x.device), width=1)
     return mask
 
 

@@ -275,7 +275,7 @@ def _rescale_factors(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: 
     factors = [1.0 / r.density if n == "inverse_density" and not isinstance(r, DellaDrop) else 1.0
                for r, n in zip(rules, norms)]
     l1 = [i for i, n in enumerate(norms) if n == "l1"]
-    masks: list[torch.Tensor] = []
+    packed = None
     if l1:
         device = xs[0].device
         # A random keep test (DARE's draw; DELLA's row, bin, table lookup and draw) costs more
@@ -293,8 +293,7 @@ def _rescale_factors(xs: Sequence[torch.Tensor], b: torch.Tensor | None, rules: 
             factors[i] = before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else 1.0
         for i in drawn:
             keeps[i].kind, keeps[i].della = "mask", None
-        masks = [] if packed is None else [packed]
-    return factors, masks
+    return factors, [] if packed is None else [packed]
 
 
 # ---------------------------------------------------------------------------------------
